@@ -1,0 +1,34 @@
+# The two commands a user needs: `make demo` and `make test`. Each builds .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Two cores: one OpenMP/numba thread per core, never more (oversubscription is 10-30x slower).
+export OMP_NUM_THREADS ?= 2
+export MKL_NUM_THREADS ?= 2
+export NUMBA_NUM_THREADS ?= 2
+export MPLBACKEND ?= Agg
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: the local CPU wheel; plain `torch` would pull gigabytes of CUDA packages.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev,h5]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/probgraphics demo --out demo-output
+
+test: $(VENV)/.installed
+	$(VENV)/bin/ruff check probgraphics tests benchmarks
+	$(PY) -m pytest -q tests
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check probgraphics tests benchmarks
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/render.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache
