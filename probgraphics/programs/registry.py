@@ -1,4 +1,4 @@
-"""A name registry for scene programs: ``register("face")(builder)`` and ``get("face", **config)``."""
+"""A name registry for scene programs: ``register(name)(builder)`` and ``get(name, **config)``."""
 
 from __future__ import annotations
 

@@ -1,0 +1,106 @@
+"""Scenes per second of the face program's whole render: basis product, shading, rasterization.
+
+numba path vs torch path at 64, 128 and 150 px on 1 and 2 threads, all 200 shape and 200
+texture components, measured side by side in one run. Prints a markdown table and writes
+benchmarks/results/render.json.
+
+    python benchmarks/render.py            # full
+    python benchmarks/render.py --quick    # a few seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import format_table, write_json  # noqa: E402
+
+from probgraphics import programs  # noqa: E402
+from probgraphics.config import set_num_threads  # noqa: E402
+
+
+def latents(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "shape": torch.randn(n, 200, generator=g),
+        "texture": torch.randn(n, 200, generator=g),
+        "azimuth": torch.rand(n, generator=g) * 180 - 90,
+        "elevation": torch.rand(n, generator=g) * 180 - 90,
+        "light": torch.rand(n, generator=g) * 180 - 90,
+        "camera": torch.rand(n, 3, generator=g),
+    }
+
+
+def scenes_per_second(program, batch: int, min_seconds: float) -> float:
+    inputs = latents(batch)
+    with torch.no_grad():
+        program.render(**inputs)  # warm-up: numba compile / cache load, allocator
+        done, start = 0, time.perf_counter()
+        while True:
+            program.render(**inputs)
+            done += batch
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds:
+                return done / elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short timings, 64 px only")
+    parser.add_argument("--seconds", type=float, default=None, help="minimum seconds per cell")
+    args = parser.parse_args(argv)
+    seconds = args.seconds or (0.5 if args.quick else 3.0)
+    resolutions = (64,) if args.quick else (64, 128, 150)
+    batches = {"numba": 512, "torch": 64}
+    model_info = programs.face().model
+    rows = []
+    for threads in (1, 2):
+        set_num_threads(threads)
+        for resolution in resolutions:
+            rates = {}
+            for backend in ("numba", "torch"):
+                program = programs.face(resolution=resolution, backend=backend)
+                rates[backend] = scenes_per_second(program, batches[backend], seconds)
+            for backend, rate in rates.items():
+                rows.append(
+                    {
+                        "threads": threads,
+                        "resolution": resolution,
+                        "backend": backend,
+                        "scenes_per_s": rate,
+                        "scenes_per_s_per_core": rate / threads,
+                        "numba_over_torch": rates["numba"] / rates["torch"],
+                    }
+                )
+    columns = [
+        "threads", "resolution", "backend", "scenes_per_s", "scenes_per_s_per_core",
+        "numba_over_torch",
+    ]
+    print(
+        f"face program render, {model_info.n_triangles} triangles, "
+        f"{model_info.n_vertices} vertices, 200 shape + 200 texture components"
+    )
+    print(format_table(rows, columns))
+    path = write_json(
+        "render",
+        {
+            "benchmark": "render",
+            "triangles": model_info.n_triangles,
+            "vertices": model_info.n_vertices,
+            "batch": batches,
+            "seconds_per_cell": seconds,
+            "rows": rows,
+        },
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The face program: batch polymorphism, simulate, registry, validation."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+
+from probgraphics import programs
+
+
+@pytest.fixture(scope="module")
+def program():
+    return programs.face(resolution=64)
+
+
+def _latents(n: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "shape": torch.randn(n, 200, generator=g),
+        "texture": torch.randn(n, 200, generator=g),
+        "azimuth": torch.rand(n, generator=g) * 180 - 90,
+        "elevation": torch.rand(n, generator=g) * 120 - 60,
+        "light": torch.rand(n, generator=g) * 180 - 90,
+        "camera": torch.rand(n, 3, generator=g),
+    }
+
+
+def test_sites_and_event_shapes(program):
+    trace = poutine.trace(program).get_trace()
+    sites = {k: v for k, v in trace.nodes.items() if v["type"] == "sample"}
+    assert list(sites) == [
+        "shape", "texture", "azimuth", "elevation", "light", "camera", "render", "image",
+    ]
+    event = {k: tuple(v["fn"].event_shape) for k, v in sites.items()}
+    assert event["shape"] == (200,) and event["texture"] == (200,)
+    assert event["azimuth"] == event["elevation"] == event["light"] == ()
+    assert event["camera"] == (3,)
+    assert event["image"] == (1, 64, 64)
+    assert isinstance(sites["azimuth"]["fn"], pyro.distributions.Uniform)
+    assert float(sites["azimuth"]["fn"].low) == -90 and float(sites["azimuth"]["fn"].high) == 90
+
+
+def test_plate_of_eight_equals_eight_single_calls(program):
+    latents = _latents(8, seed=1)
+    with pyro.plate("chains", 8):
+        trace = poutine.trace(poutine.condition(program, data=latents)).get_trace()
+    batched = trace.nodes["render"]["value"]
+    assert batched.shape == (8, 1, 64, 64)
+    assert trace.nodes["image"]["value"].shape == (8, 1, 64, 64)
+    for i in range(8):
+        single = {k: v[i] for k, v in latents.items()}
+        tr = poutine.trace(poutine.condition(program, data=single)).get_trace()
+        assert tr.nodes["render"]["value"].shape == (1, 64, 64)
+        torch.testing.assert_close(tr.nodes["render"]["value"], batched[i], atol=1e-5, rtol=0)
+
+
+def test_render_accepts_any_leading_batch_shape(program):
+    latents = _latents(6, seed=2)
+    flat = program.render(**latents)
+    nested = program.render(**{k: v.reshape(2, 3, *v.shape[1:]) for k, v in latents.items()})
+    assert nested.shape == (2, 3, 1, 64, 64)
+    torch.testing.assert_close(nested.reshape(6, 1, 64, 64), flat)
+
+
+def test_renders_are_faces_not_blank(program):
+    scenes = programs.simulate(program, n=16, seed=0)
+    render = scenes["render"]
+    assert render.shape == (16, 1, 64, 64)
+    assert torch.isfinite(render).all() and render.min() >= 0 and render.max() <= 1
+    covered = (render > 0).float().mean(dim=(1, 2, 3))
+    # A head fills a good part of the frame under every pose and camera of the prior.
+    assert (covered > 0.15).all() and (covered < 0.95).all(), covered
+    # Different scenes differ.
+    assert (render[0] - render[1]).abs().mean() > 1e-3
+
+
+def test_numba_and_torch_backends_agree():
+    latents = _latents(4, seed=3)
+    fast = programs.face(resolution=32, backend="numba").render(**latents)
+    slow = programs.face(resolution=32, backend="torch").render(**latents)
+    mismatch = ((fast - slow).abs() > 1e-3).float().mean()
+    assert mismatch < 0.01, mismatch  # only edge-tie pixels may differ
+
+
+def test_torch_backend_gives_gradients_wrt_latents():
+    program = programs.face(resolution=32, backend="torch")
+    latents = _latents(2, seed=4)
+    latents["texture"].requires_grad_(True)
+    latents["light"].requires_grad_(True)
+    program.render(**latents).sum().backward()
+    assert latents["texture"].grad.abs().sum() > 0
+    assert latents["light"].grad.abs().sum() > 0
+
+
+def test_simulate_is_reproducible_and_leaves_global_rng_alone(program):
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a = programs.simulate(program, n=3, seed=7)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    b = programs.simulate(program, n=3, seed=7)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    single = programs.simulate(program, seed=7)
+    assert single["image"].shape == (1, 64, 64)
+
+
+def test_simulate_conditions(program):
+    scenes = programs.simulate(program, n=2, seed=0, conditions={"azimuth": torch.zeros(2)})
+    assert torch.equal(scenes["azimuth"], torch.zeros(2))
+    with pytest.raises(KeyError, match="sites"):
+        programs.simulate(program, n=2, conditions={"nope": torch.zeros(2)})
+
+
+def test_rgb_option():
+    scenes = programs.simulate(programs.face(resolution=24, color="rgb"), n=2, seed=0)
+    assert scenes["image"].shape == (2, 3, 24, 24)
+
+
+def test_registry():
+    assert "face" in programs.available()
+    program = programs.get("face", resolution=16)
+    assert program.resolution == 16
+    with pytest.raises(KeyError, match="registered programs"):
+        programs.get("no-such-program")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"resolution": 0}, "resolution must be an int >= 8"),
+        ({"resolution": 64.0}, "resolution must be an int"),
+        ({"color": "cmyk"}, "color must be"),
+        ({"noise": 0.0}, "noise must be"),
+        ({"n_shape": 500}, "n_shape must be an int in"),
+        ({"backend": "opengl"}, "backend must be"),
+        ({"pose_range": (10, -10)}, "pose_range"),
+    ],
+)
+def test_bad_configuration_is_rejected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        programs.face(**kwargs)
+
+
+def test_simulate_rejects_bad_input(program):
+    with pytest.raises(ValueError, match="n must be"):
+        programs.simulate(program, n=0)
+    with pytest.raises(TypeError, match="program must be"):
+        programs.simulate("face")
