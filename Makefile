@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 2
 export MKL_NUM_THREADS ?= 2
 export NUMBA_NUM_THREADS ?= 2
+# Idle OpenMP threads sleep instead of spinning: torch and numba share two cores.
+export OMP_WAIT_POLICY ?= PASSIVE
 export MPLBACKEND ?= Agg
 
 .PHONY: demo test lint bench clean

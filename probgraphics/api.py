@@ -1,0 +1,729 @@
+"""``infer()``: validate the inputs, pick the inference method, return a Posterior.
+
+Methods are looked up in a registry, so other parts of probgraphics (e.g. amortized inference
+with a trained guide) add theirs with :func:`register_method` without touching ``infer``:
+
+>>> import probgraphics as pg  # doctest: +SKIP
+>>> program = pg.programs.linear_gaussian(dim=3)  # doctest: +SKIP
+>>> x = pg.programs.simulate(program, seed=0)["x"]  # doctest: +SKIP
+>>> posterior = pg.infer(program, {"x": x}, chains=8, draws=100, progress=False)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from probgraphics.inference.distances import DISTANCES, check_distance_spec, distance_name
+from probgraphics.inference.kernels.elliptical import ABC_KERNELS
+from probgraphics.inference.kernels.elliptical_slice import DEFAULT_MAX_SHRINKS
+from probgraphics.inference.posterior import Posterior
+from probgraphics.inference.rejection import run_rejection
+from probgraphics.inference.runner import (
+    KERNEL_METHODS,
+    AbcRun,
+    RunConfig,
+    checkpoint_settings,
+    complete,
+    load_run,
+    prepare,
+)
+from probgraphics.inference.summaries import SUMMARIES, resolve_summary, summary_name
+from probgraphics.inference.whitening import (
+    WhiteningError,
+    WhiteningLayout,
+    build_layout,
+    describe_distribution,
+    sample_sites,
+    trace_program,
+)
+
+__all__ = [
+    "infer",
+    "prepare_abc",
+    "register_method",
+    "available_methods",
+    "MethodSpec",
+    "ProgramInfo",
+    "inspect_program",
+    "normalize_observation",
+    "resolve_device",
+    "AUTO_WHITEN_MAX_SIZE",
+]
+
+#: Simulated observations carry pixel noise, so an image may stray this far outside [0, 1];
+#: anything beyond is the wrong scale (e.g. 0-255).
+IMAGE_RANGE_MARGIN = 0.25
+
+#: ``observation_noise="auto"`` whitens the observed sites' noise when it can and their total
+#: size per chain is at most this (toy observations: yes; images: their noise is drawn fresh, as
+#: a proposal over thousands of pixel-noise values costs more than it helps).
+AUTO_WHITEN_MAX_SIZE = 256
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """An inference method ``infer`` can dispatch to.
+
+    Attributes:
+        name: the method's name (``infer(..., method=name)``).
+        run: ``run(program, observation, options, explicit) -> Posterior``, where ``observation``
+            is validated (site -> tensor), ``options`` are the defaults updated with the user's
+            keyword options, and ``explicit`` is the set of option names the user passed.
+        options: option name -> default value; any other keyword is rejected up front.
+        description: one line for error messages and docs.
+    """
+
+    name: str
+    run: Callable[..., Posterior]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+_METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(
+    name: str,
+    run: Callable[..., Posterior],
+    *,
+    options: Mapping[str, Any],
+    description: str = "",
+    replace: bool = False,
+) -> None:
+    """Register an inference method under ``name`` (see :class:`MethodSpec` for ``run``)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"method name must be a non-empty string, got {name!r}")
+    if not callable(run):
+        raise TypeError(f"run must be callable, got {type(run).__name__}")
+    if name in _METHODS and not replace:
+        raise ValueError(f"a method named {name!r} is already registered; pass replace=True")
+    _METHODS[name] = MethodSpec(name, run, dict(options), description)
+
+
+def available_methods() -> list[str]:
+    """Names of the registered inference methods, sorted."""
+    return sorted(_METHODS)
+
+
+def infer(program: Callable[[], Any], observation: Any, method: str = "abc_mcmc", **options: Any):
+    """Sample the posterior of ``program``'s latents given ``observation``.
+
+    Args:
+        program: a Pyro program (a callable with no required arguments) whose latent sites
+            declare their shapes with ``.to_event`` (see DESIGN section 3).
+        observation: a tensor for the site ``"image"`` (``(C, H, W)``, float in [0, 1]), or a
+            dict site name -> tensor (the site's shape, unbatched).
+        method: ``"abc_mcmc"`` (elliptical proposals, default), ``"abc_slice"`` (elliptical
+            slice sampling), ``"abc_rejection"``, or any method registered with
+            :func:`register_method`.
+        **options: keyword-only method options. ABC-MCMC methods: ``chains`` (64), ``draws``
+            (500), ``warmup`` (500), ``thin`` (1), ``epsilon`` (None: annealed adaptively
+            during warm-up while the chains still move; a number: that tolerance),
+            ``quantile`` (instead of epsilon: that quantile of the pilot's distances),
+            ``summary`` (None: pixels for images, identity otherwise;
+            or a callable ``(B, ...) -> (B, K)``), ``distance`` (``"standardized_l2"``, ``"l2"``,
+            ``"l1"`` or a callable), ``abc_kernel`` (``"gaussian"`` or ``"indicator"``),
+            ``init`` (``"pilot"``, ``"prior"`` or a dict site -> ``(chains, *event)`` values),
+            ``seed`` (None: random, recorded in the settings), ``device`` (``"cpu"``,
+            ``"cuda"``, ...), ``progress``, ``checkpoint`` (a path), ``checkpoint_every``,
+            ``resume`` (a checkpoint path), ``pilot_size``, ``batch_size``,
+            ``observation_noise`` (``"auto"``, ``"whitened"``, ``"fresh"``),
+            ``anneal_fraction``, ``precondition`` (True: centre the moves on a Gaussian fitted
+            to the chains during warm-up; False: the paper's plain moves); ``abc_mcmc`` adds
+            ``target_acceptance``, ``abc_slice`` adds ``max_shrinks``. ``abc_rejection``:
+            ``simulations``, ``keep_fraction``, ``summary``, ``distance``, ``seed``, ``device``,
+            ``progress``, ``batch_size``, ``pilot_size``.
+
+    Returns:
+        A :class:`~probgraphics.inference.posterior.Posterior` (CPU tensors).
+
+    Raises:
+        ValueError / TypeError: bad input, with what was expected, what came, and what to do.
+        RuntimeError: CUDA requested but not available.
+    """
+    if not isinstance(method, str) or method not in _METHODS:
+        raise ValueError(
+            f"unknown method {method!r}; the methods are {available_methods()}. Pass one of them "
+            "as method=..., or register your own with probgraphics.api.register_method."
+        )
+    spec = _METHODS[method]
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {unknown} for method {method!r}; its options are "
+            f"{sorted(spec.options)}."
+        )
+    if not callable(program):
+        raise TypeError(
+            f"program must be a callable Pyro model (no required arguments), got "
+            f"{type(program).__name__}; build one with e.g. probgraphics.programs.face()."
+        )
+    observation = normalize_observation(observation)
+    merged = {**spec.options, **options}
+    return spec.run(program, observation, merged, frozenset(options))
+
+
+# ---------------------------------------------------------------------------- validation helpers
+
+
+def normalize_observation(observation: Any) -> dict[str, torch.Tensor]:
+    """A tensor -> ``{"image": tensor}``; a dict is checked. Values are validated:
+
+    every value a real, finite tensor; the ``"image"`` site ``(C, H, W)`` float in [0, 1] (up to
+    :data:`IMAGE_RANGE_MARGIN` outside, for pixel noise).
+    """
+    if isinstance(observation, torch.Tensor):
+        observation = {"image": observation}
+    elif isinstance(observation, Mapping):
+        observation = dict(observation)
+    else:
+        raise TypeError(
+            "observation must be a tensor (the 'image' site, shaped (C, H, W)) or a dict of site "
+            f"name -> tensor, got {type(observation).__name__}."
+        )
+    if not observation:
+        raise ValueError("observation is an empty dict; give at least one observed site")
+    for name, value in observation.items():
+        if not isinstance(name, str):
+            raise TypeError(f"observation keys must be site names (str), got {name!r}")
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"observation[{name!r}] must be a torch.Tensor, got {type(value).__name__}; "
+                "convert with torch.as_tensor(...)."
+            )
+        if value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"observation[{name!r}] must be real numbers, got dtype {value.dtype}")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise ValueError(
+                f"observation[{name!r}] has {bad} NaN/inf values; observations must be finite. "
+                "Replace or mask the bad values before inference."
+            )
+        if name == "image":
+            if value.dim() != 3:
+                raise ValueError(
+                    f"the image observation must be shaped (C, H, W), got {tuple(value.shape)}; "
+                    "for a batch, run infer once per image; for (H, W) add a channel with "
+                    "image[None]."
+                )
+            if not value.is_floating_point():
+                raise TypeError(
+                    f"the image must be float in [0, 1], got dtype {value.dtype}; for 8-bit "
+                    "images use image.float() / 255."
+                )
+            low, high = float(value.min()), float(value.max())
+            if low < -IMAGE_RANGE_MARGIN or high > 1.0 + IMAGE_RANGE_MARGIN:
+                raise ValueError(
+                    f"the image must be in [0, 1], got values in [{low:.4g}, {high:.4g}]; rescale "
+                    "it (e.g. image / 255 for 8-bit images, or clamp)."
+                )
+    return {name: value.detach() for name, value in observation.items()}
+
+
+def resolve_device(device: Any) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a ``torch.device`` -> ``torch.device``, checked."""
+    if isinstance(device, str):
+        try:
+            device = torch.device(device)
+        except RuntimeError:
+            raise ValueError(
+                f"device {device!r} is not a device name; use 'cpu', 'cuda' or 'cuda:N'."
+            ) from None
+    if not isinstance(device, torch.device):
+        raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device {str(device)!r} was requested but CUDA is not available here (no GPU, "
+                "or a CPU-only torch build); pass device='cpu'."
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"device {str(device)!r} does not exist; this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)."
+            )
+    elif device.type != "cpu":
+        raise ValueError(f"device must be 'cpu' or a CUDA device, got {str(device)!r}")
+    return device
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_fraction(name: str, value: Any, *, include_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in (0, 1], got {value!r}")
+    value = float(value)
+    if not ((0.0 <= value if include_zero else 0.0 < value) and value <= 1.0):
+        interval = "[0, 1]" if include_zero else "(0, 1]"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return value
+
+
+def _check_epsilon(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"epsilon must be a positive number (or None to choose it from the pilot), got "
+            f"{value!r}"
+        )
+    value = float(value)
+    if math.isnan(value) or value <= 0.0:
+        raise ValueError(
+            f"epsilon must be > 0 (float('inf') samples the prior), got {value!r}; pass None to "
+            "choose it as a quantile of the pilot's distances."
+        )
+    return value
+
+
+def _check_seed(value: Any) -> int:
+    if value is None:
+        return secrets.randbelow(2**62)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise TypeError(f"seed must be a non-negative int or None, got {value!r}")
+    return int(value)
+
+
+def _check_path(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a file path (str or os.PathLike), got {value!r}")
+    return str(Path(value))
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------- program inspection
+
+
+@dataclass(frozen=True)
+class ProgramInfo:
+    """What one trace of a program says: its sample sites, which are observed, their shapes."""
+
+    sample_sites: dict[str, dict[str, Any]]
+    deterministic_sites: list[str]
+
+
+def inspect_program(program: Callable[[], Any]) -> tuple[ProgramInfo, Any]:
+    """Trace ``program`` once (unbatched); return its sites and the trace."""
+    trace = trace_program(program)
+    deterministic = [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and site["infer"].get("_deterministic", False)
+    ]
+    return ProgramInfo(sample_sites(trace), deterministic), trace
+
+
+def _check_observed_sites(
+    program_sites: dict[str, dict[str, Any]],
+    deterministic: list[str],
+    observation: dict[str, torch.Tensor],
+) -> None:
+    listing = ", ".join(
+        f"{name!r} ({describe_distribution(site['fn'])}, shape {tuple(site['value'].shape)})"
+        for name, site in program_sites.items()
+    )
+    for name, value in observation.items():
+        if name in deterministic:
+            raise ValueError(
+                f"{name!r} is a deterministic site of the program (pyro.deterministic), not an "
+                f"observable sample site; observe one of its sample sites: {listing}."
+            )
+        if name not in program_sites:
+            raise ValueError(
+                f"the program has no sample site {name!r} to observe; its sample sites are "
+                f"{listing}. Pass the observation under one of those names."
+            )
+        site = program_sites[name]
+        if site["is_observed"]:
+            raise ValueError(
+                f"site {name!r} is already conditioned inside the program (obs=... or "
+                "pyro.condition); pass the unconditioned program and give the observation to "
+                "infer instead."
+            )
+        expected = tuple(site["value"].shape)
+        if tuple(value.shape) != expected:
+            raise ValueError(
+                f"observation[{name!r}] has shape {tuple(value.shape)}, but the program's site "
+                f"{name!r} has shape {expected}; pass one unbatched observation of that shape."
+            )
+    if len(observation) == len(program_sites):
+        raise ValueError(
+            f"every sample site of the program is observed ({sorted(observation)}); there are no "
+            "latents to infer."
+        )
+
+
+def _whitenable_observed(trace, observation: dict[str, torch.Tensor]) -> bool:
+    try:
+        build_layout(trace, observation, whiten_observed=True)
+    except WhiteningError:
+        return False
+    return True
+
+
+def _build_layout(trace, observation: dict[str, torch.Tensor], mode: str) -> tuple:
+    """The layout for ``mode`` (auto/whitened/fresh); returns ``(layout, resolved_mode)``."""
+    latent_layout = build_layout(trace, observation, whiten_observed=False)
+    if mode == "fresh":
+        return latent_layout, "fresh"
+    size = sum(value.numel() for value in observation.values())
+    if mode == "auto":
+        if size > AUTO_WHITEN_MAX_SIZE or not _whitenable_observed(trace, observation):
+            return latent_layout, "fresh"
+    return build_layout(trace, observation, whiten_observed=True), "whitened"
+
+
+def _move_program(program: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
+    """Programs with constants on a device may define ``to(device)``; call it when not on CPU."""
+    if device.type != "cpu" and callable(getattr(program, "to", None)):
+        return program.to(device)
+    return program
+
+
+# ---------------------------------------------------------------------------- ABC methods
+
+
+_ABC_COMMON_OPTIONS: dict[str, Any] = {
+    "chains": 64,
+    "draws": 500,
+    "warmup": 500,
+    "thin": 1,
+    "epsilon": None,
+    "quantile": None,
+    "summary": None,
+    "distance": "standardized_l2",
+    "abc_kernel": "gaussian",
+    "init": "pilot",
+    "seed": None,
+    "device": "cpu",
+    "progress": True,
+    "checkpoint": None,
+    "checkpoint_every": 100,
+    "resume": None,
+    "pilot_size": None,
+    "batch_size": None,
+    "observation_noise": "auto",
+    "anneal_fraction": 0.5,
+    "precondition": True,
+}
+_ABC_MCMC_OPTIONS = {**_ABC_COMMON_OPTIONS, "target_acceptance": 0.25}
+_ABC_SLICE_OPTIONS = {**_ABC_COMMON_OPTIONS, "max_shrinks": DEFAULT_MAX_SHRINKS}
+_REJECTION_OPTIONS: dict[str, Any] = {
+    "simulations": 10_000,
+    "keep_fraction": 0.01,
+    "summary": None,
+    "distance": "standardized_l2",
+    "seed": None,
+    "device": "cpu",
+    "progress": True,
+    "batch_size": None,
+    "pilot_size": 1000,
+}
+
+
+def _check_init(
+    init: Any, layout: WhiteningLayout, chains: int
+) -> tuple[str, dict[str, torch.Tensor] | None]:
+    if isinstance(init, str):
+        return _check_choice("init", init, ("pilot", "prior")), None
+    if not isinstance(init, Mapping):
+        raise TypeError(
+            "init must be 'pilot', 'prior', or a dict latent site -> values shaped "
+            f"(chains, *event), got {type(init).__name__}"
+        )
+    latents = {site.name: site for site in layout.latent_sites}
+    values = {}
+    for name, value in init.items():
+        if name not in latents:
+            raise ValueError(
+                f"init has site {name!r}, which is not a latent of the program; its latents are "
+                f"{sorted(latents)}."
+            )
+        expected = (chains, *latents[name].event_shape)
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != expected:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(
+                f"init[{name!r}] must be a tensor shaped (chains, *event) = {expected}, got {got}."
+            )
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"init[{name!r}] has NaN/inf values; give finite starting values.")
+        values[name] = value.detach()
+    return "given", values
+
+
+def _abc_config(
+    method: str,
+    options: dict[str, Any],
+    layout_mode: str,
+    summary_spec: Any,
+) -> RunConfig:
+    chains = _check_int("chains", options["chains"], 1)
+    draws = _check_int("draws", options["draws"], 1)
+    warmup = _check_int("warmup", options["warmup"], 0)
+    pilot_size = options["pilot_size"]
+    if pilot_size is None:
+        pilot_size = max(1000, 4 * chains)
+    pilot_size = _check_int("pilot_size", pilot_size, 0)
+    batch_size = options["batch_size"]
+    batch_size = max(chains, 256) if batch_size is None else _check_int("batch_size", batch_size, 1)
+    extra = {}
+    if method == "abc_mcmc":
+        extra["target_acceptance"] = _check_fraction(
+            "target_acceptance", options["target_acceptance"]
+        )
+        if extra["target_acceptance"] >= 1.0:
+            raise ValueError("target_acceptance must be < 1 (e.g. 0.25)")
+    else:
+        extra["max_shrinks"] = _check_int("max_shrinks", options["max_shrinks"], 1)
+    quantile = options["quantile"]
+    if quantile is not None:
+        quantile = _check_fraction("quantile", quantile)
+        if options["epsilon"] is not None:
+            raise ValueError(
+                "give either epsilon (the tolerance itself) or quantile (epsilon as that quantile "
+                f"of the pilot's distances), not both; got epsilon={options['epsilon']!r} and "
+                f"quantile={quantile!r}."
+            )
+    return RunConfig(
+        method=method,
+        chains=chains,
+        draws=draws,
+        warmup=warmup,
+        seed=_check_seed(options["seed"]),
+        thin=_check_int("thin", options["thin"], 1),
+        epsilon=_check_epsilon(options["epsilon"]),
+        quantile=quantile,
+        abc_kernel=_check_choice("abc_kernel", options["abc_kernel"], ABC_KERNELS),
+        init="pilot",  # replaced by the caller once the layout is known
+        pilot_size=pilot_size,
+        anneal_fraction=_check_fraction(
+            "anneal_fraction", options["anneal_fraction"], include_zero=True
+        ),
+        device=str(resolve_device(options["device"])),
+        batch_size=batch_size,
+        observation_noise=layout_mode,
+        summary=summary_name(summary_spec),
+        distance=distance_name(options["distance"]),
+        progress=_check_bool("progress", options["progress"]),
+        checkpoint=_check_path("checkpoint", options["checkpoint"]),
+        checkpoint_every=_check_int("checkpoint_every", options["checkpoint_every"], 1),
+        precondition=_check_bool("precondition", options["precondition"]),
+        **extra,
+    )
+
+
+def _prepare_abc_method(
+    method: str,
+    program: Callable[[], Any],
+    observation: dict[str, torch.Tensor],
+    options: dict[str, Any],
+    explicit: frozenset[str],
+) -> AbcRun:
+    resume = _check_path("resume", options["resume"])
+    if resume is not None:
+        _take_checkpoint_settings(resume, options, explicit)
+    noise_mode = _check_choice(
+        "observation_noise", options["observation_noise"], ("auto", "whitened", "fresh")
+    )
+    check_distance_spec(options["distance"])
+    summary_spec = options["summary"]
+    if not (summary_spec is None or isinstance(summary_spec, str) or callable(summary_spec)):
+        raise TypeError(f"summary must be None, a summary name or a callable, got {summary_spec!r}")
+    # Every option is checked before the program runs (the noise mode and init are settled
+    # once its sites are known).
+    config = _abc_config(method, options, noise_mode, summary_spec)
+    device = torch.device(config.device)
+    program = _move_program(program, device)
+    info, trace = inspect_program(program)
+    _check_observed_sites(info.sample_sites, info.deterministic_sites, observation)
+    layout, resolved_mode = _build_layout(trace, observation, noise_mode)
+    init_mode, init_values = _check_init(options["init"], layout, config.chains)
+    config = replace(config, init=init_mode, observation_noise=resolved_mode)
+    if config.checkpoint is not None and not Path(config.checkpoint).parent.exists():
+        raise FileNotFoundError(
+            f"checkpoint folder {str(Path(config.checkpoint).parent)!r} does not exist; create it "
+            "or pass another checkpoint path."
+        )
+    if config.init == "pilot" and config.pilot_size < config.chains:
+        raise ValueError(
+            f"init='pilot' starts the chains from the best pilot simulations, so pilot_size "
+            f"({config.pilot_size}) must be >= chains ({config.chains}); raise pilot_size or use "
+            "init='prior'."
+        )
+    needs_pilot = config.quantile is not None or config.distance == "standardized_l2"
+    if config.pilot_size < 2 and needs_pilot:
+        raise ValueError(
+            f"pilot_size={config.pilot_size} is too small: the pilot sets the standardized "
+            "distance's scale (and epsilon, with quantile=...); use pilot_size >= 2, or a "
+            "distance other than 'standardized_l2'."
+        )
+    summary = resolve_summary(summary_spec, list(observation))
+    observation = {name: value.to(device) for name, value in observation.items()}
+    if resume is not None:
+        return load_run(
+            resume,
+            program,
+            layout,
+            observation,
+            config,
+            summary=summary,
+            distance=options["distance"],
+        )
+    return prepare(
+        program,
+        layout,
+        observation,
+        config,
+        summary=summary,
+        distance=options["distance"],
+        init_values=init_values,
+    )
+
+
+def _take_checkpoint_settings(path: str, options: dict[str, Any], explicit: frozenset[str]) -> None:
+    """Fill the options the user left out from the checkpoint's settings, so ``resume=path`` alone
+    continues the run. Summaries and distances given as callables must be passed again (only
+    their names are recorded); a mismatch is reported when the run is loaded."""
+    saved = checkpoint_settings(path)
+    for key, value in saved.items():
+        if key not in options or key in explicit:
+            continue
+        if key == "summary" and value is not None and value not in SUMMARIES:
+            continue
+        if key == "distance" and value not in DISTANCES:
+            continue
+        options[key] = value
+    if "init" not in explicit:
+        options["init"] = "prior"  # not used: the checkpoint holds the chains' state
+    if options.get("checkpoint") is None:
+        options["checkpoint"] = path
+
+
+def prepare_abc(
+    program: Callable[[], Any], observation: Any, method: str = "abc_mcmc", **options: Any
+) -> AbcRun:
+    """Validate like :func:`infer` and return the prepared run instead of running it.
+
+    For composing the run loop by hand (``method`` is ``"abc_mcmc"`` or ``"abc_slice"``)::
+
+        from probgraphics.inference import runner
+        run = prepare_abc(program, observation, chains=8, draws=100, warmup=100, seed=0)
+        runner.warmup(run, 40); runner.warmup(run)    # all of warm-up, in two pieces
+        runner.sample(run)                            # every draw
+        posterior = runner.finish(run)                # == infer(..., same options)
+
+    With ``resume=path`` the run is rebuilt from that checkpoint.
+    """
+    if method not in KERNEL_METHODS:
+        raise ValueError(
+            f"prepare_abc runs the ABC-MCMC methods {sorted(KERNEL_METHODS)}, got {method!r}"
+        )
+    spec = _METHODS[method]
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {unknown} for method {method!r}; its options are "
+            f"{sorted(spec.options)}."
+        )
+    if not callable(program):
+        raise TypeError(f"program must be a callable Pyro model, got {type(program).__name__}")
+    observation = normalize_observation(observation)
+    merged = {**spec.options, **options}
+    return _prepare_abc_method(method, program, observation, merged, frozenset(options))
+
+
+def _run_abc_mcmc(program, observation, options, explicit) -> Posterior:
+    return complete(_prepare_abc_method("abc_mcmc", program, observation, dict(options), explicit))
+
+
+def _run_abc_slice(program, observation, options, explicit) -> Posterior:
+    return complete(_prepare_abc_method("abc_slice", program, observation, dict(options), explicit))
+
+
+def _run_abc_rejection(program, observation, options, explicit) -> Posterior:
+    simulations = _check_int("simulations", options["simulations"], 1)
+    keep_fraction = _check_fraction("keep_fraction", options["keep_fraction"])
+    seed = _check_seed(options["seed"])
+    device = resolve_device(options["device"])
+    pilot_size = _check_int("pilot_size", options["pilot_size"], 2)
+    batch_size = options["batch_size"]
+    batch_size = 1024 if batch_size is None else _check_int("batch_size", batch_size, 1)
+    check_distance_spec(options["distance"])
+    program = _move_program(program, device)
+    info, trace = inspect_program(program)
+    _check_observed_sites(info.sample_sites, info.deterministic_sites, observation)
+    layout = build_layout(trace, observation, whiten_observed=False)
+    summary = resolve_summary(options["summary"], list(observation))
+    settings = {
+        "simulations": simulations,
+        "keep_fraction": keep_fraction,
+        "summary": summary_name(options["summary"]),
+        "distance": distance_name(options["distance"]),
+        "seed": seed,
+        "device": str(device),
+        "batch_size": batch_size,
+        "pilot_size": pilot_size,
+    }
+    return run_rejection(
+        program,
+        layout,
+        {name: value.to(device) for name, value in observation.items()},
+        simulations=simulations,
+        keep_fraction=keep_fraction,
+        summary=summary,
+        distance=options["distance"],
+        seed=seed,
+        device=str(device),
+        batch_size=batch_size,
+        pilot_size=pilot_size,
+        progress=bool(options["progress"]),
+        settings=settings,
+    )
+
+
+register_method(
+    "abc_mcmc",
+    _run_abc_mcmc,
+    options=_ABC_MCMC_OPTIONS,
+    description="ABC-MCMC with elliptical (pCN) proposals, adapted per chain",
+)
+register_method(
+    "abc_slice",
+    _run_abc_slice,
+    options=_ABC_SLICE_OPTIONS,
+    description="elliptical slice sampling on the ABC kernel",
+)
+register_method(
+    "abc_rejection",
+    _run_abc_rejection,
+    options=_REJECTION_OPTIONS,
+    description="ABC rejection: keep the closest fraction of prior simulations",
+)

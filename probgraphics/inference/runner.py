@@ -1,0 +1,939 @@
+"""The ABC run loop shared by the kernels: pilot, epsilon, warm-up, sampling, checkpoints.
+
+One run is ``prepare -> warmup -> sample -> finish``; :func:`run_abc` does all four. The pieces
+compose: ``warmup(run, 10); warmup(run, 20)`` equals ``warmup(run, 30)``, and so on, bit for bit,
+because every random number comes from the run's generators in a fixed order.
+
+* **Pilot.** ``pilot_size`` prior simulations (``u ~ N(0, I)``), in batches. Their summaries set
+  the standardized distance's per-feature scale; their distances give epsilon when a
+  ``quantile`` is asked for, and the starting chains.
+* **Start.** ``init="pilot"``: the ``chains`` best pilot particles; ``"prior"``: fresh prior draws;
+  a dict site -> constrained values ``(chains, *event)``: those values, mapped back to ``u`` by the
+  inverse whitening transforms (sites left out start from the prior).
+* **Warm-up.** Epsilon is annealed from the starting chains' largest distance down to its target
+  over the first ``anneal_fraction`` of warm-up, then held: geometrically to a given ``epsilon``
+  or to the ``quantile`` of pilot distances; with neither (the default) adaptively, by a
+  Robbins-Monro update on ``log epsilon`` toward an acceptance rate of
+  :data:`EPSILON_TARGET_ACCEPTANCE` with beta held at 1 (the slice sampler's signal is how often
+  its first angle is accepted), so epsilon shrinks as long as the chains still move and the
+  target is where annealing ends (after Vihola & Franks 2020). With ``precondition``, a reference
+  Gaussian is fitted to the chains' states (pooled over chains; over the steps since the previous
+  fit while epsilon moves, over all steps since it settled after) at warm-up steps
+  ``k * warmup / 8`` for ``k = 1..7``, shrunk toward ``N(0, I)`` and kept to its
+  :data:`REFERENCE_RANK` most informative directions; the kernels centre their moves on it (see
+  the kernel modules), which lets them take large steps along weakly constrained directions.
+  The elliptical kernel's per-chain ``beta`` is adapted toward ``target_acceptance`` by a
+  Robbins-Monro update on ``log beta`` (constant gain while epsilon moves under a given schedule,
+  then a gain decaying from each change of the reference), clipped to ``[1e-4, 1]``. Everything
+  adapted is frozen after warm-up, so the sampling phase is a fixed, exact MCMC kernel.
+* **Sampling.** ``draws * thin`` steps at the target epsilon; every ``thin``-th state is kept with
+  its distance, accepted flag, epsilon, beta, and simulations used.
+* **Checkpoints.** Every ``checkpoint_every`` steps (and at the end) the whole run state goes to
+  ``checkpoint`` atomically; :func:`resume_run` continues it exactly where it stopped.
+
+Statistics per run: simulations spent (pilot included), simulations per second, wall time, and
+the time inside simulate + summary + distance against the total (the engine's overhead).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from probgraphics.inference import checkpoint as checkpoint_io
+from probgraphics.inference.distances import StandardizedL2, resolve_distance
+from probgraphics.inference.kernels import elliptical, elliptical_slice
+from probgraphics.inference.kernels.elliptical import GaussianReference
+from probgraphics.inference.posterior import Posterior
+from probgraphics.inference.simulator import Simulator
+from probgraphics.inference.whitening import WhiteningLayout
+
+__all__ = [
+    "RunConfig",
+    "AbcRun",
+    "KERNEL_METHODS",
+    "prepare",
+    "warmup",
+    "sample",
+    "finish",
+    "run_abc",
+    "complete",
+    "resume_run",
+    "load_run",
+    "save_run",
+    "epsilon_schedule",
+    "fit_reference",
+    "reference_fit_steps",
+]
+
+#: Method name -> kernel module.
+KERNEL_METHODS = {"abc_mcmc": elliptical, "abc_slice": elliptical_slice}
+
+MIN_BETA = 1e-4
+#: Robbins-Monro gain on log beta while epsilon is annealed (tracking a moving target) ...
+ANNEALING_GAIN = 0.2
+#: ... and after, decaying as gain / (1 + k)^ADAPTATION_DECAY so beta settles.
+ADAPTATION_DECAY = 0.6
+#: Reference refits happen at warm-up steps round(k * warmup / REFIT_DIVISIONS), k = 1..REFIT_COUNT.
+REFIT_DIVISIONS = 8
+REFIT_COUNT = 7
+#: The reference Gaussian keeps at most this many directions away from unit scale.
+REFERENCE_RANK = 64
+#: Above this many whitened dimensions no reference is fitted (its D x D moments and eigen-
+#: decomposition would cost more than they save); the kernels use the plain moves.
+MAX_REFERENCE_DIM = 2048
+#: States of at most this many chains a step go into the reference's moments.
+MOMENT_CHAINS = 32
+#: Adaptive epsilon: Robbins-Monro on log epsilon toward this acceptance rate at beta = 1 ...
+EPSILON_TARGET_ACCEPTANCE = 0.2
+#: ... with this constant gain.
+EPSILON_GAIN = 0.05
+
+# Options a resumed run may change: they do not change the rest of the run's result.
+# ``init`` only shapes the state before the first checkpoint, which the checkpoint holds.
+_PRESENTATION_OPTIONS = ("progress", "checkpoint", "checkpoint_every", "init")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Validated settings of one ABC-MCMC run (``probgraphics.infer`` builds it).
+
+    ``init`` is ``"pilot"``, ``"prior"`` or ``"given"`` (values passed to :func:`prepare`).
+    ``observation_noise`` is the resolved mode, ``"whitened"`` or ``"fresh"``.
+    """
+
+    method: str
+    chains: int
+    draws: int
+    warmup: int
+    seed: int
+    thin: int = 1
+    epsilon: float | None = None
+    quantile: float | None = None
+    abc_kernel: str = "gaussian"
+    init: str = "pilot"
+    pilot_size: int = 1000
+    target_acceptance: float = 0.25
+    max_shrinks: int = elliptical_slice.DEFAULT_MAX_SHRINKS
+    anneal_fraction: float = 0.5
+    device: str = "cpu"
+    batch_size: int = 1024
+    observation_noise: str = "fresh"
+    summary: str | None = None
+    distance: str = "standardized_l2"
+    progress: bool = False
+    checkpoint: str | None = None
+    checkpoint_every: int = 100
+    precondition: bool = True
+
+    @property
+    def adaptive_epsilon(self) -> bool:
+        """Neither epsilon nor a pilot quantile given: epsilon is annealed adaptively."""
+        return self.epsilon is None and self.quantile is None
+
+    @property
+    def adapts_beta(self) -> bool:
+        return self.method == "abc_mcmc"
+
+    @property
+    def total_steps(self) -> int:
+        return self.warmup + self.draws * self.thin
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-serializable options (what a Posterior and a checkpoint record)."""
+        return asdict(self)
+
+
+@dataclass
+class AbcRun:
+    """Everything one run needs; the tensors in it are what a checkpoint stores.
+
+    Attributes:
+        config: the run's :class:`RunConfig`.
+        layout: the program's whitening layout.
+        observation: observed site -> tensor (CPU).
+        simulator: the batched simulator (holds the program's seed generator).
+        generator: the kernel's ``torch.Generator`` on the run's device.
+        state: the kernel state (tensors lead with ``chains``).
+        log_beta: ``(chains,)`` per-chain log proposal scale (elliptical kernel), else None.
+        epsilon_start: where annealing starts; epsilon_target: where it ends (with adaptive
+            epsilon, known once annealing is over); epsilon_current: the adaptive schedule's
+            current value.
+        warmup_done, sampling_steps_done: steps taken so far in each phase.
+        records: per kept draw, ``(chains, draws, ...)`` buffers on the device.
+        prior_values: pilot latent values ``(pilot_size, latent_dim)`` on CPU (the prior group).
+        pilot_distance: the pilot's distances ``(pilot_size,)`` on CPU.
+        seconds: wall time per phase so far (``pilot``, ``warmup``, ``sampling``).
+        simulate_seconds_in_steps: simulate time inside warm-up and sampling steps.
+        reference: the kernels' reference Gaussian (None: ``N(0, I)``).
+        moments: float64 running ``count``, ``sum`` ``(D,)``, ``outer`` ``(D, D)`` of chain
+            states since the last reference fit.
+        steps_since_change: warm-up steps since epsilon settled or the reference changed.
+    """
+
+    config: RunConfig
+    layout: WhiteningLayout
+    observation: dict[str, torch.Tensor]
+    simulator: Simulator
+    generator: torch.Generator
+    state: Any = None
+    log_beta: torch.Tensor | None = None
+    epsilon_start: float = math.inf
+    epsilon_target: float = math.inf
+    epsilon_current: float = math.inf
+    warmup_done: int = 0
+    sampling_steps_done: int = 0
+    records: dict[str, torch.Tensor] = field(default_factory=dict)
+    prior_values: torch.Tensor | None = None
+    pilot_distance: torch.Tensor | None = None
+    seconds: dict[str, float] = field(
+        default_factory=lambda: {"pilot": 0.0, "warmup": 0.0, "sampling": 0.0}
+    )
+    simulate_seconds_in_steps: float = 0.0
+    reference: GaussianReference | None = None
+    moments: dict[str, torch.Tensor] | None = None
+    steps_since_change: int = 0
+    progress_bar: Any = None
+
+    @property
+    def kernel(self):
+        return KERNEL_METHODS[self.config.method]
+
+    @property
+    def draws_done(self) -> int:
+        return self.sampling_steps_done // self.config.thin
+
+    @property
+    def steps_done(self) -> int:
+        return self.warmup_done + self.sampling_steps_done
+
+
+def epsilon_schedule(
+    step: int, warmup_steps: int, epsilon_start: float, epsilon_target: float, fraction: float
+) -> float:
+    """Epsilon at warm-up step ``step`` (0-based): geometric from ``epsilon_start`` to
+    ``epsilon_target`` over the first ``ceil(fraction * warmup_steps)`` steps, then the target.
+
+    When ``epsilon_start <= epsilon_target`` (already inside) it is the target throughout.
+    """
+    anneal_steps = math.ceil(fraction * warmup_steps)
+    if step >= anneal_steps or not epsilon_start > epsilon_target or math.isinf(epsilon_start):
+        return epsilon_target
+    progress = (step + 1) / anneal_steps
+    return float(epsilon_start * (epsilon_target / epsilon_start) ** progress)
+
+
+def reference_fit_steps(warmup_steps: int) -> list[int]:
+    """Warm-up step counts after which the reference Gaussian is refitted (distinct, >= 1)."""
+    steps = {round(k * warmup_steps / REFIT_DIVISIONS) for k in range(1, REFIT_COUNT + 1)}
+    return sorted(step for step in steps if step >= 1)
+
+
+def fit_reference(
+    count: float,
+    total: torch.Tensor,
+    outer: torch.Tensor,
+    dtype: torch.dtype,
+    rank: int | None = None,
+) -> GaussianReference:
+    """Fit ``N(m, S)`` from pooled moments of ``count`` states (``total`` ``(D,)``, ``outer``
+    ``(D, D)``, float64).
+
+    The covariance is shrunk toward the prior ``N(0, I)`` with a pseudo-count of ``D`` states,
+    ``(n Cov + D I) / (n + D)``, so directions the states barely explored keep the prior's unit
+    scale (chain states are autocorrelated and may number fewer than ``D``). Only the ``rank``
+    eigen-directions farthest from unit scale (largest ``|log eigenvalue|``; default
+    :data:`REFERENCE_RANK`) are kept, the rest set to exactly 1, so the kernels' cost per step
+    is ``O(C D rank)``. Any reference gives an exact kernel; a closer one mixes faster.
+    """
+    dim = total.shape[0]
+    rank = min(dim, REFERENCE_RANK if rank is None else rank)
+    mean = total / count
+    covariance = outer / count - torch.outer(mean, mean)
+    covariance = 0.5 * (covariance + covariance.T)
+    identity = torch.eye(dim, dtype=covariance.dtype, device=covariance.device)
+    shrunk = (count * covariance + dim * identity) / (count + dim)
+    # One thread: a multi-threaded LAPACK eigh stalls for seconds when the cores are busy.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        eigenvalues, basis = torch.linalg.eigh(shrunk.cpu())
+    finally:
+        torch.set_num_threads(threads)
+    eigenvalues = eigenvalues.clamp(min=1e-12)
+    keep = torch.argsort(eigenvalues.log().abs(), descending=True, stable=True)[:rank]
+    keep = keep.sort().values
+    return GaussianReference(
+        mean.to(dtype),
+        basis[:, keep].to(device=mean.device, dtype=dtype),
+        eigenvalues[keep].sqrt().to(device=mean.device, dtype=dtype),
+    )
+
+
+def _reset_moments(run: AbcRun) -> None:
+    dim = run.layout.dim
+    device = torch.device(run.config.device)
+    run.moments = {
+        "count": torch.zeros((), dtype=torch.float64, device=device),
+        "sum": torch.zeros(dim, dtype=torch.float64, device=device),
+        "outer": torch.zeros(dim, dim, dtype=torch.float64, device=device),
+    }
+
+
+def _accumulate_moments(run: AbcRun) -> None:
+    """Add the states of (at most :data:`MOMENT_CHAINS`, rotating) chains to the moments, so the
+    cost per step does not grow with the number of chains."""
+    u = run.state.u
+    chains = u.shape[0]
+    if chains > MOMENT_CHAINS:
+        start = (run.warmup_done * MOMENT_CHAINS) % chains
+        index = (torch.arange(MOMENT_CHAINS, device=u.device) + start) % chains
+        u = u[index]
+    u = u.to(torch.float64)
+    run.moments["count"] += u.shape[0]
+    run.moments["sum"] += u.sum(0)
+    run.moments["outer"] += u.T @ u
+
+
+def _derive_seeds(seed: int) -> tuple[int, int]:
+    """Two independent 62-bit seeds (kernel generator, simulator generator) from one."""
+    master = torch.Generator().manual_seed(seed)
+    kernel_seed, simulator_seed = torch.randint(0, 2**62, (2,), generator=master).tolist()
+    return kernel_seed, simulator_seed
+
+
+def _make_simulator(
+    program: Callable[[], Any],
+    layout: WhiteningLayout,
+    observation: Mapping[str, torch.Tensor],
+    summary: Callable,
+    config: RunConfig,
+    simulator_seed: int,
+    synchronize_timing: bool,
+) -> Simulator:
+    return Simulator(
+        program,
+        layout,
+        observation,
+        summary,
+        device=torch.device(config.device),
+        seed=simulator_seed,
+        synchronize_timing=synchronize_timing,
+    )
+
+
+def _allocate_records(run: AbcRun) -> None:
+    config = run.config
+    device = torch.device(config.device)
+    dtype = run.layout.dtype
+    shape = (config.chains, config.draws)
+    run.records = {
+        "values": torch.zeros(shape + (run.layout.latent_dim,), dtype=dtype, device=device),
+        "distance": torch.zeros(shape, dtype=dtype, device=device),
+        "accepted": torch.zeros(shape, dtype=torch.bool, device=device),
+        "epsilon": torch.zeros(shape, dtype=dtype, device=device),
+        "n_simulations": torch.zeros(shape, dtype=torch.int64, device=device),
+    }
+    if config.adapts_beta:
+        run.records["beta"] = torch.zeros(shape, dtype=dtype, device=device)
+    else:
+        run.records["cap_hits"] = torch.zeros(shape, dtype=torch.int64, device=device)
+
+
+def _pilot(
+    run: AbcRun, distance_spec: str | Callable | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the pilot and set the simulator's distance; return the pilot's ``(u, values,
+    distance)``."""
+    config = run.config
+    start = time.perf_counter()
+    device = torch.device(config.device)
+    dtype = run.layout.dtype
+    dim = run.layout.dim
+    us, values, summaries = [], [], []
+    for begin in range(0, config.pilot_size, config.batch_size):
+        size = min(config.batch_size, config.pilot_size - begin)
+        u = torch.randn(size, dim, generator=run.generator, device=device, dtype=dtype)
+        _, batch_values, batch_summaries = run.simulator.run(u)
+        us.append(u)
+        values.append(batch_values)
+        summaries.append(batch_summaries)
+    if us:
+        pilot_u = torch.cat(us)
+        pilot_values = torch.cat(values)
+        pilot_summaries = torch.cat(summaries)
+    else:
+        pilot_u = torch.zeros(0, dim, device=device, dtype=dtype)
+        pilot_values = torch.zeros(0, run.layout.latent_dim, device=device, dtype=dtype)
+        pilot_summaries = None
+    distance = resolve_distance(distance_spec, pilot_summaries)
+    run.simulator.set_distance(distance)
+    if pilot_summaries is not None:
+        with torch.no_grad():
+            pilot_distance = distance(pilot_summaries, run.simulator.observed_summary)
+        run.prior_values = pilot_values.cpu()
+    else:
+        pilot_distance = torch.zeros(0, device=device, dtype=dtype)
+    run.seconds["pilot"] += time.perf_counter() - start
+    return pilot_u, pilot_values, pilot_distance
+
+
+def _choose_epsilon_target(config: RunConfig, pilot_distance: torch.Tensor) -> float:
+    if config.epsilon is not None:
+        return float(config.epsilon)
+    if config.quantile is None:
+        return math.nan  # adaptive: set when annealing ends
+    finite = pilot_distance[torch.isfinite(pilot_distance)]
+    if finite.numel() == 0:
+        raise ValueError(
+            "epsilon was not given and no pilot simulation produced a finite distance; pass "
+            "epsilon=..., or check that the program and summary produce finite features."
+        )
+    return float(torch.quantile(finite.double(), config.quantile))
+
+
+def _initial_state(
+    run: AbcRun,
+    pilot: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    init_values: Mapping[str, torch.Tensor] | None,
+):
+    config = run.config
+    device = torch.device(config.device)
+    dtype = run.layout.dtype
+    chains = config.chains
+    if config.init == "pilot":
+        pilot_u, pilot_values, pilot_distance = pilot
+        ranking = torch.nan_to_num(pilot_distance, nan=math.inf)
+        best = torch.argsort(ranking, stable=True)[:chains]
+        return run.kernel.init(pilot_u[best], pilot_values[best], pilot_distance[best])
+    u = torch.randn(chains, run.layout.dim, generator=run.generator, device=device, dtype=dtype)
+    if config.init == "prior":
+        simulation = run.simulator(u)
+        return run.kernel.init(u, simulation.values, simulation.distance)
+    given = {name: value.to(device) for name, value in (init_values or {}).items()}
+    u, simulation = run.simulator.simulate_given(u, given)
+    if not bool(torch.isfinite(u).all()):
+        raise ValueError(
+            "the given init values map to non-finite whitened values; keep every value inside "
+            "its site's support (e.g. strictly within a Uniform's bounds)."
+        )
+    return run.kernel.init(u, simulation.values, simulation.distance)
+
+
+def prepare(
+    program: Callable[[], Any],
+    layout: WhiteningLayout,
+    observation: Mapping[str, torch.Tensor],
+    config: RunConfig,
+    *,
+    summary: Callable,
+    distance: str | Callable | None,
+    init_values: Mapping[str, torch.Tensor] | None = None,
+    synchronize_timing: bool = False,
+) -> AbcRun:
+    """Build a run: simulator, pilot, distance, epsilon target, starting chains.
+
+    Args:
+        program: the Pyro program.
+        layout: its whitening layout (observed sites' noise included when whitened).
+        observation: observed site -> tensor (the site's event shape).
+        config: validated :class:`RunConfig`.
+        summary: the summary callable.
+        distance: a distance name or callable (resolved with the pilot's summaries).
+        init_values: for ``config.init == "given"``: latent site -> ``(chains, *event)`` values.
+        synchronize_timing: synchronize CUDA around simulate timings (benchmarks).
+
+    Returns:
+        An :class:`AbcRun` ready for :func:`warmup`.
+    """
+    kernel_seed, simulator_seed = _derive_seeds(config.seed)
+    device = torch.device(config.device)
+    simulator = _make_simulator(
+        program, layout, observation, summary, config, simulator_seed, synchronize_timing
+    )
+    generator = torch.Generator(device=device).manual_seed(kernel_seed)
+    run = AbcRun(
+        config=config,
+        layout=layout,
+        observation={name: value.detach().cpu() for name, value in observation.items()},
+        simulator=simulator,
+        generator=generator,
+    )
+    pilot = _pilot(run, distance)
+    run.pilot_distance = pilot[2].cpu()
+    run.epsilon_target = _choose_epsilon_target(config, pilot[2])
+    run.state = _initial_state(run, pilot, init_values)
+    finite = run.state.distance[torch.isfinite(run.state.distance)]
+    if config.adaptive_epsilon:
+        if finite.numel() == 0:
+            raise ValueError(
+                "no starting chain has a finite distance, so epsilon cannot be annealed from "
+                "them; pass epsilon=..., or check the program and summary give finite features."
+            )
+        run.epsilon_start = float(finite.max())
+        run.epsilon_current = run.epsilon_start
+        run.epsilon_target = run.epsilon_start  # until annealing ends
+    else:
+        run.epsilon_start = float(finite.max()) if finite.numel() else run.epsilon_target
+    if config.adapts_beta:
+        run.log_beta = torch.zeros(config.chains, dtype=layout.dtype, device=device)
+    if _preconditions(run):
+        _reset_moments(run)
+    _allocate_records(run)
+    return run
+
+
+def _preconditions(run: AbcRun) -> bool:
+    return run.config.precondition and run.layout.dim <= MAX_REFERENCE_DIM
+
+
+def _kernel_step(run: AbcRun, epsilon: float):
+    """One kernel step; returns ``(accepted, acceptance_probability, n_simulations, cap_hits)``."""
+    config = run.config
+    simulate = run.simulator
+    if config.method == "abc_mcmc":
+        run.state, info = elliptical.step(
+            run.generator,
+            run.state,
+            simulate,
+            epsilon,
+            run.log_beta.exp(),
+            config.abc_kernel,
+            run.reference,
+        )
+        ones = torch.ones_like(info.accepted, dtype=torch.int64)
+        return info.accepted, info.acceptance_probability, ones, None
+    run.state, info = elliptical_slice.step(
+        run.generator,
+        run.state,
+        simulate,
+        epsilon,
+        config.abc_kernel,
+        config.max_shrinks,
+        run.reference,
+    )
+    # The slice sampler always moves; how often its first angle is accepted says how well the
+    # chains move (it is the acceptance of an independence-like proposal).
+    first_angle = (info.n_simulations == 1).to(run.state.u.dtype)
+    return info.accepted, first_angle, info.n_simulations, info.cap_hit
+
+
+def _adapt_beta(run: AbcRun, acceptance_probability: torch.Tensor, epsilon_moving: bool) -> None:
+    config = run.config
+    if epsilon_moving:
+        gain = ANNEALING_GAIN
+    else:
+        gain = ANNEALING_GAIN / (1.0 + run.steps_since_change) ** ADAPTATION_DECAY
+    update = gain * (acceptance_probability - config.target_acceptance)
+    run.log_beta = (run.log_beta + update).clamp(math.log(MIN_BETA), 0.0)
+
+
+def _after_step(run: AbcRun) -> None:
+    config = run.config
+    if run.progress_bar is not None:
+        run.progress_bar.update(1)
+    if config.checkpoint is not None and run.steps_done % config.checkpoint_every == 0:
+        save_run(run, config.checkpoint)
+
+
+def _progress_postfix(run: AbcRun, epsilon: float, acceptance: torch.Tensor, phase: str) -> None:
+    bar = run.progress_bar
+    if bar is None:
+        return
+    now = time.perf_counter()
+    if now - getattr(bar, "_probgraphics_last", 0.0) < 0.5:
+        return
+    bar._probgraphics_last = now
+    elapsed = max(sum(run.seconds.values()), 1e-9)
+    # Reading the acceptance is a host sync: only here, at most twice a second, for display.
+    bar.set_postfix(
+        phase=phase,
+        eps=f"{epsilon:.3g}",
+        acc=f"{float(acceptance.float().mean()):.2f}",
+        sims_per_s=f"{run.simulator.n_simulations / elapsed:.3g}",
+        refresh=False,
+    )
+
+
+def warmup(run: AbcRun, n_steps: int | None = None) -> AbcRun:
+    """Take ``n_steps`` warm-up steps (default: all that remain of ``config.warmup``).
+
+    Epsilon follows :func:`epsilon_schedule`; beta adapts (elliptical kernel). Returns ``run``.
+    """
+    config = run.config
+    remaining = config.warmup - run.warmup_done
+    n_steps = remaining if n_steps is None else n_steps
+    if n_steps < 0 or n_steps > remaining:
+        raise ValueError(f"warmup: asked for {n_steps} steps, but {remaining} remain")
+    anneal_steps = math.ceil(config.anneal_fraction * config.warmup)
+    precondition = _preconditions(run)
+    refits = set(reference_fit_steps(config.warmup)) if precondition else set()
+    start = time.perf_counter()
+    simulate_before = run.simulator.seconds
+    for _ in range(n_steps):
+        if config.adaptive_epsilon:
+            moving = run.warmup_done < anneal_steps
+            epsilon = run.epsilon_current if moving else run.epsilon_target
+        else:
+            epsilon = epsilon_schedule(
+                run.warmup_done,
+                config.warmup,
+                run.epsilon_start,
+                run.epsilon_target,
+                config.anneal_fraction,
+            )
+            moving = run.warmup_done < anneal_steps and run.epsilon_start > run.epsilon_target
+        accepted, acceptance_probability, _, _ = _kernel_step(run, epsilon)
+        if config.adaptive_epsilon and moving:
+            # Beta stays at 1 meanwhile, so the acceptance measures how well the chains move
+            # at this epsilon (one host read per annealing step).
+            rate = float(acceptance_probability.float().mean())
+            update = EPSILON_GAIN * (rate - EPSILON_TARGET_ACCEPTANCE)
+            run.epsilon_current = float(epsilon * math.exp(-update))
+            if run.warmup_done + 1 == anneal_steps:
+                run.epsilon_target = run.epsilon_current
+        elif config.adapts_beta:
+            _adapt_beta(run, acceptance_probability, moving)
+        run.warmup_done += 1
+        run.steps_since_change += 1
+        if run.warmup_done == anneal_steps:
+            run.steps_since_change = 0
+        if precondition:
+            _accumulate_moments(run)
+            if run.warmup_done in refits:
+                moments = run.moments
+                run.reference = fit_reference(
+                    moments["count"], moments["sum"], moments["outer"], run.layout.dtype
+                )
+                run.steps_since_change = 0
+            # While epsilon moves, each fit uses the states since the previous one (the target
+            # changes); once it is held, the states pile up so later fits use more of them.
+            if run.warmup_done <= anneal_steps and (
+                run.warmup_done in refits or run.warmup_done == anneal_steps
+            ):
+                _reset_moments(run)
+        _progress_postfix(run, epsilon, accepted, "warmup")
+        _after_step(run)
+    run.seconds["warmup"] += time.perf_counter() - start
+    run.simulate_seconds_in_steps += run.simulator.seconds - simulate_before
+    return run
+
+
+def sample(run: AbcRun, n_draws: int | None = None) -> AbcRun:
+    """Take ``n_draws * thin`` sampling steps at the target epsilon, keeping every ``thin``-th.
+
+    Default: all remaining draws. Warm-up must be complete. Returns ``run``.
+    """
+    config = run.config
+    if run.warmup_done < config.warmup:
+        raise ValueError(
+            f"sample: warm-up has {config.warmup - run.warmup_done} steps left; call warmup first"
+        )
+    remaining = config.draws * config.thin - run.sampling_steps_done
+    n_steps = remaining if n_draws is None else n_draws * config.thin
+    if n_steps < 0 or n_steps > remaining:
+        raise ValueError(
+            f"sample: asked for {n_draws} draws, but {remaining // config.thin} remain"
+        )
+    epsilon = run.epsilon_target
+    beta = run.log_beta.exp() if run.log_beta is not None else None
+    records = run.records
+    start = time.perf_counter()
+    simulate_before = run.simulator.seconds
+    for _ in range(n_steps):
+        accepted, _, n_simulations, cap_hits = _kernel_step(run, epsilon)
+        draw, offset = divmod(run.sampling_steps_done, config.thin)
+        records["n_simulations"][:, draw] += n_simulations
+        if cap_hits is not None:
+            records["cap_hits"][:, draw] += cap_hits.to(torch.int64)
+        if offset == config.thin - 1:
+            records["values"][:, draw] = run.state.values
+            records["distance"][:, draw] = run.state.distance
+            records["accepted"][:, draw] = accepted
+            records["epsilon"][:, draw] = epsilon
+            if beta is not None:
+                records["beta"][:, draw] = beta
+        run.sampling_steps_done += 1
+        _progress_postfix(run, epsilon, accepted, "sampling")
+        _after_step(run)
+    run.seconds["sampling"] += time.perf_counter() - start
+    run.simulate_seconds_in_steps += run.simulator.seconds - simulate_before
+    return run
+
+
+def _timings(run: AbcRun) -> dict[str, float]:
+    step_seconds = run.seconds["warmup"] + run.seconds["sampling"]
+    total = sum(run.seconds.values())
+    overhead = 1.0 - run.simulate_seconds_in_steps / step_seconds if step_seconds > 0 else 0.0
+    return {
+        "pilot": run.seconds["pilot"],
+        "warmup": run.seconds["warmup"],
+        "sampling": run.seconds["sampling"],
+        "simulate": run.simulator.seconds,
+        "simulate_in_steps": run.simulate_seconds_in_steps,
+        "total": total,
+        "overhead_fraction": min(max(overhead, 0.0), 1.0),
+    }
+
+
+def finish(run: AbcRun) -> Posterior:
+    """The run's :class:`~probgraphics.inference.posterior.Posterior` (all draws must be taken).
+
+    Writes a final checkpoint when the run has a checkpoint path.
+    """
+    config = run.config
+    if run.draws_done < config.draws:
+        raise ValueError(f"finish: {config.draws - run.draws_done} draws remain; call sample first")
+    if run.progress_bar is not None:
+        run.progress_bar.close()
+        run.progress_bar = None
+    if config.checkpoint is not None and run.steps_done % config.checkpoint_every != 0:
+        save_run(run, config.checkpoint)
+    records = {name: tensor.cpu() for name, tensor in run.records.items()}
+    samples = run.layout.split_values(records.pop("values"))
+    stats = records
+    prior = None
+    if run.prior_values is not None and run.prior_values.shape[0] > 0:
+        prior = {
+            name: value.unsqueeze(0)
+            for name, value in run.layout.split_values(run.prior_values).items()
+        }
+    settings = config.settings()
+    settings["epsilon_target"] = run.epsilon_target
+    settings["epsilon_start"] = run.epsilon_start
+    settings["layout"] = run.layout.describe()
+    timings = _timings(run)
+    return Posterior(
+        samples,
+        stats,
+        dict(run.observation),
+        method=config.method,
+        settings=settings,
+        n_simulations=run.simulator.n_simulations,
+        wall_time=timings["total"],
+        prior=prior,
+        timings=timings,
+    )
+
+
+def _open_progress_bar(run: AbcRun) -> None:
+    if not run.config.progress:
+        return
+    from tqdm.auto import tqdm
+
+    run.progress_bar = tqdm(
+        total=run.config.total_steps,
+        initial=run.steps_done,
+        desc=run.config.method,
+        unit="step",
+        mininterval=0.5,
+    )
+
+
+def run_abc(
+    program: Callable[[], Any],
+    layout: WhiteningLayout,
+    observation: Mapping[str, torch.Tensor],
+    config: RunConfig,
+    *,
+    summary: Callable,
+    distance: str | Callable | None,
+    init_values: Mapping[str, torch.Tensor] | None = None,
+    synchronize_timing: bool = False,
+) -> Posterior:
+    """``prepare``, ``warmup``, ``sample`` and ``finish`` in one call (see :func:`prepare`)."""
+    run = prepare(
+        program,
+        layout,
+        observation,
+        config,
+        summary=summary,
+        distance=distance,
+        init_values=init_values,
+        synchronize_timing=synchronize_timing,
+    )
+    return complete(run)
+
+
+def complete(run: AbcRun) -> Posterior:
+    """Take whatever warm-up and sampling remain (with a progress bar when configured) and
+    return :func:`finish`'s Posterior."""
+    _open_progress_bar(run)
+    try:
+        warmup(run)
+        sample(run)
+    finally:
+        if run.progress_bar is not None:
+            run.progress_bar.close()
+            run.progress_bar = None
+    return finish(run)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def _fingerprint(config: RunConfig, layout: WhiteningLayout) -> dict[str, Any]:
+    settings = {
+        key: value for key, value in config.settings().items() if key not in _PRESENTATION_OPTIONS
+    }
+    return {"settings": settings, "layout": layout.describe()}
+
+
+def save_run(run: AbcRun, path: str) -> None:
+    """Write the run's complete state to ``path`` atomically."""
+    state = {name: tensor.cpu() for name, tensor in run.state._asdict().items()}
+    draws = run.draws_done
+    partial_draw = run.sampling_steps_done % run.config.thin != 0
+    kept = draws + (1 if partial_draw else 0)
+    distance = run.simulator.distance
+    payload = {
+        "fingerprint": _fingerprint(run.config, run.layout),
+        "observation": dict(run.observation),
+        "state": state,
+        "log_beta": None if run.log_beta is None else run.log_beta.cpu(),
+        "epsilon_start": run.epsilon_start,
+        "epsilon_target": run.epsilon_target,
+        "epsilon_current": run.epsilon_current,
+        "warmup_done": run.warmup_done,
+        "sampling_steps_done": run.sampling_steps_done,
+        "records": {name: tensor[:, :kept].cpu() for name, tensor in run.records.items()},
+        "generator": run.generator.get_state(),
+        "simulator": run.simulator.state_dict(),
+        "distance_scale": distance.scale.cpu() if isinstance(distance, StandardizedL2) else None,
+        "prior_values": run.prior_values,
+        "seconds": dict(run.seconds),
+        "simulate_seconds_in_steps": run.simulate_seconds_in_steps,
+        "reference": None
+        if run.reference is None
+        else {name: tensor.cpu() for name, tensor in run.reference._asdict().items()},
+        "moments": None
+        if run.moments is None
+        else {name: tensor.cpu() for name, tensor in run.moments.items()},
+        "steps_since_change": run.steps_since_change,
+    }
+    checkpoint_io.save_checkpoint(path, payload)
+
+
+def checkpoint_settings(path: str) -> dict[str, Any]:
+    """The run-defining settings recorded in the checkpoint at ``path``."""
+    return dict(checkpoint_io.load_checkpoint(path)["fingerprint"]["settings"])
+
+
+def resume_run(
+    path: str,
+    program: Callable[[], Any],
+    layout: WhiteningLayout,
+    observation: Mapping[str, torch.Tensor],
+    config: RunConfig,
+    *,
+    summary: Callable,
+    distance: str | Callable | None,
+    synchronize_timing: bool = False,
+) -> Posterior:
+    """Continue the run saved at ``path`` to its end, exactly as if it had never stopped.
+
+    ``config`` and ``layout`` must match the checkpoint's (presentation options such as
+    ``progress`` and ``checkpoint`` may differ); the observation must be the same.
+    """
+    run = load_run(
+        path,
+        program,
+        layout,
+        observation,
+        config,
+        summary=summary,
+        distance=distance,
+        synchronize_timing=synchronize_timing,
+    )
+    return complete(run)
+
+
+def load_run(
+    path: str,
+    program: Callable[[], Any],
+    layout: WhiteningLayout,
+    observation: Mapping[str, torch.Tensor],
+    config: RunConfig,
+    *,
+    summary: Callable,
+    distance: str | Callable | None,
+    synchronize_timing: bool = False,
+) -> AbcRun:
+    """Rebuild the :class:`AbcRun` saved at ``path`` (see :func:`resume_run`)."""
+    payload = checkpoint_io.load_checkpoint(path)
+    saved = payload["fingerprint"]
+    current = _fingerprint(config, layout)
+    if saved["layout"] != current["layout"]:
+        raise ValueError(
+            f"checkpoint {path!r} was written for a program with sites {saved['layout']}, but this "
+            f"program has {current['layout']}; resume with the program that wrote it."
+        )
+    differences = {
+        key: (saved["settings"].get(key), value)
+        for key, value in current["settings"].items()
+        if saved["settings"].get(key) != value
+    }
+    if differences:
+        listed = ", ".join(
+            f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differences.items()
+        )
+        raise ValueError(
+            f"checkpoint {path!r} was written with other settings ({listed}); resume with the "
+            "same settings (or leave those options out to take the checkpoint's)."
+        )
+    for name, value in observation.items():
+        saved_value = payload["observation"].get(name)
+        if saved_value is None or not torch.equal(saved_value, value.detach().cpu()):
+            raise ValueError(
+                f"checkpoint {path!r} was written for another observation at site {name!r}; "
+                "resume with the same observation."
+            )
+    device = torch.device(config.device)
+    simulator = _make_simulator(
+        program, layout, observation, summary, config, 0, synchronize_timing
+    )
+    simulator.load_state_dict(payload["simulator"])
+    if payload["distance_scale"] is not None:
+        simulator.set_distance(StandardizedL2(payload["distance_scale"].to(device)))
+    else:
+        simulator.set_distance(resolve_distance(distance, None))
+    generator = torch.Generator(device=device)
+    generator.set_state(payload["generator"])
+    run = AbcRun(
+        config=config,
+        layout=layout,
+        observation={name: value.detach().cpu() for name, value in observation.items()},
+        simulator=simulator,
+        generator=generator,
+    )
+    state_cls = run.kernel.init
+    state = payload["state"]
+    run.state = state_cls(
+        state["u"].to(device), state["values"].to(device), state["distance"].to(device)
+    )
+    run.log_beta = None if payload["log_beta"] is None else payload["log_beta"].to(device)
+    run.epsilon_start = float(payload["epsilon_start"])
+    run.epsilon_target = float(payload["epsilon_target"])
+    run.epsilon_current = float(payload["epsilon_current"])
+    run.warmup_done = int(payload["warmup_done"])
+    run.sampling_steps_done = int(payload["sampling_steps_done"])
+    run.prior_values = payload["prior_values"]
+    run.seconds = dict(payload["seconds"])
+    run.simulate_seconds_in_steps = float(payload["simulate_seconds_in_steps"])
+    if payload["reference"] is not None:
+        run.reference = GaussianReference(
+            **{name: tensor.to(device) for name, tensor in payload["reference"].items()}
+        )
+    if payload["moments"] is not None:
+        run.moments = {name: tensor.to(device) for name, tensor in payload["moments"].items()}
+    run.steps_since_change = int(payload["steps_since_change"])
+    _allocate_records(run)
+    for name, saved_records in payload["records"].items():
+        kept = saved_records.shape[1]
+        run.records[name][:, :kept] = saved_records.to(device)
+    return run

@@ -1,0 +1,223 @@
+"""Batched simulation: whitened ``u`` (C, D) -> latent values, summaries and distances, one call.
+
+The program runs under ``pyro.plate("chains", C, dim=-1)`` and the whitening messenger; the
+observed sites are sampled by the program (not conditioned), or, when their noise is whitened,
+are themselves a transform of their slice of ``u``; then the summary statistic maps them to
+features and the distance compares those with the observation's.
+
+Randomness is explicit. The program's own sampling (an observed site whose noise is not whitened,
+or any randomness inside the program) uses torch's global RNG, so every call draws a seed from the
+simulator's own CPU ``torch.Generator`` and runs the program inside ``torch.random.fork_rng`` with
+that seed: results are reproducible, a checkpoint resumes exactly (it stores the generator's
+state), and the caller's global RNG state is untouched. Drawing the seed reads a CPU tensor, which
+is never a device synchronization.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import pyro
+import torch
+
+from probgraphics.inference.whitening import WhiteningLayout, run_whitened
+
+__all__ = ["Simulation", "Simulator"]
+
+
+class Simulation(NamedTuple):
+    """One batch of simulations.
+
+    Attributes:
+        values: ``(B, latent_dim)`` constrained latent values, flattened in layout order.
+        summaries: ``(B, K)`` summary features of the simulated observation.
+        distance: ``(B,)`` distance to the observation's summary (NaN when it is not set yet).
+    """
+
+    values: torch.Tensor
+    summaries: torch.Tensor
+    distance: torch.Tensor
+
+
+class Simulator:
+    """Simulates a batch of chains in one program call and measures the time it takes.
+
+    Args:
+        program: the Pyro program (no required arguments).
+        layout: its :class:`~probgraphics.inference.whitening.WhiteningLayout`.
+        observation: observed site -> observed tensor (unbatched, the site's event shape).
+        summary: summary callable (see :mod:`probgraphics.inference.summaries`).
+        device: where ``u`` and the program's tensors live.
+        seed: seeds the generator that seeds the program's own RNG on every call.
+        synchronize_timing: on CUDA, synchronize before reading the clock so the simulate time is
+            the device time (for benchmarks; it costs a host sync per call).
+
+    Attributes:
+        n_simulations: simulations run so far (a Python int; counted from tensor shapes).
+        seconds: wall time spent inside program + summary + distance so far.
+        generator: the CPU ``torch.Generator`` that seeds the program's RNG.
+    """
+
+    def __init__(
+        self,
+        program: Callable[[], Any],
+        layout: WhiteningLayout,
+        observation: Mapping[str, torch.Tensor],
+        summary: Callable,
+        *,
+        device: torch.device,
+        seed: int,
+        synchronize_timing: bool = False,
+    ) -> None:
+        self.program = program
+        self.layout = layout
+        self.device = torch.device(device)
+        self.observed_sites = list(observation)
+        self.observation = {
+            name: value.to(device=self.device) for name, value in observation.items()
+        }
+        self.summary = summary
+        self.distance: Callable | None = None
+        self.generator = torch.Generator().manual_seed(seed)
+        self.n_simulations = 0
+        self.seconds = 0.0
+        self.synchronize_timing = synchronize_timing and self.device.type == "cuda"
+        self._features: int | None = None
+        self.observed_summary = self._summarize(
+            {name: value.unsqueeze(0) for name, value in self.observation.items()}, batch=1
+        )
+        if not bool(torch.isfinite(self.observed_summary).all()):
+            raise ValueError(
+                "the summary of the observation has non-finite features; check the observation "
+                "(NaN/inf values) and the summary callable."
+            )
+
+    def _summarize(self, outputs: Mapping[str, torch.Tensor], batch: int) -> torch.Tensor:
+        argument = outputs[self.observed_sites[0]] if len(outputs) == 1 else dict(outputs)
+        with torch.no_grad():
+            features = self.summary(argument)
+        if not isinstance(features, torch.Tensor) or features.dim() != 2:
+            got = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features)
+            raise ValueError(
+                f"the summary must return features shaped (B, K) = ({batch}, K), got {got}; wrap "
+                "the callable so it flattens its output per item."
+            )
+        if features.shape[0] != batch or (
+            self._features is not None and features.shape[1] != self._features
+        ):
+            raise ValueError(
+                f"the summary returned shape {tuple(features.shape)} for a batch of {batch}; "
+                f"expected ({batch}, {self._features or 'K'})."
+            )
+        self._features = features.shape[1]
+        return features
+
+    def set_distance(self, distance: Callable) -> None:
+        """Set the distance callable ``(summaries (B, K), observed (1, K)) -> (B,)``."""
+        self.distance = distance
+
+    def _cuda_index(self) -> int:
+        return self.device.index if self.device.index is not None else torch.cuda.current_device()
+
+    def _fork(self) -> contextlib.AbstractContextManager:
+        devices = [self._cuda_index()] if self.device.type == "cuda" else []
+        return torch.random.fork_rng(devices=devices)
+
+    def _seed_program_rng(self, seed: int) -> None:
+        torch.default_generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            torch.cuda.default_generators[self._cuda_index()].manual_seed(seed)
+
+    def _clock(self) -> float:
+        if self.synchronize_timing:
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def run(
+        self, u: torch.Tensor, given: Mapping[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the program and the summary for a batch.
+
+        Args:
+            u: ``(B, D)`` whitened values on :attr:`device`.
+            given: optional latent site -> constrained values ``(B, *event)``; those sites take
+                the given values (see ``WhiteningMessenger``).
+
+        Returns:
+            ``(u_out, values, summaries)``: ``u`` with the given sites replaced by their inverse
+            transforms ``(B, D)``, the latent values ``(B, latent_dim)``, summaries ``(B, K)``.
+        """
+        start = self._clock()
+        batch = u.shape[0]
+        # A CPU generator: reading its draw is not a device synchronization.
+        seed = int(torch.randint(0, 2**62, (), generator=self.generator))
+        device_default = (
+            torch.device(self.device) if self.device.type != "cpu" else contextlib.nullcontext()
+        )
+        # Validation checks every distribution's arguments on every call (a third of a small
+        # program's time); the program was already run once with validation when it was traced.
+        with self._fork(), torch.no_grad(), device_default, pyro.validation_enabled(False):
+            self._seed_program_rng(seed)
+            whitening = run_whitened(
+                self.program, self.layout, u, given=given, record=self.observed_sites
+            )
+            missing = [name for name in self.observed_sites if name not in whitening.values]
+            if missing:
+                raise ValueError(
+                    f"the program did not sample the observed site(s) {missing} in this run; "
+                    "every run must sample each observed site."
+                )
+            parts = [
+                whitening.values[site.name].reshape(batch, site.size).to(self.layout.dtype)
+                for site in self.layout.latent_sites
+            ]
+            values = torch.cat(parts, dim=-1) if parts else u.new_zeros(batch, 0)
+            outputs = {name: whitening.values[name] for name in self.observed_sites}
+            summaries = self._summarize(outputs, batch)
+        self.n_simulations += batch
+        self.seconds += self._clock() - start
+        return whitening.u_out, values, summaries
+
+    def __call__(self, u: torch.Tensor) -> Simulation:
+        """Simulate ``u`` ``(B, D)`` and measure the distance to the observation: a Simulation."""
+        if self.distance is None:
+            raise RuntimeError("set the distance (set_distance) before simulating distances")
+        _, values, summaries = self.run(u)
+        start = self._clock()
+        with torch.no_grad():
+            distance = self.distance(summaries, self.observed_summary)
+        self.seconds += self._clock() - start
+        if distance.shape != (u.shape[0],):
+            raise ValueError(
+                f"the distance must return shape (B,) = ({u.shape[0]},), got "
+                f"{tuple(distance.shape)}"
+            )
+        return Simulation(values, summaries, distance)
+
+    def simulate_given(
+        self, u: torch.Tensor, given: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, Simulation]:
+        """Like ``__call__`` with some latents fixed to given constrained values.
+
+        Returns ``(u_out, simulation)`` where ``u_out`` maps the given values back to ``u``.
+        """
+        u_out, values, summaries = self.run(u, given=given)
+        with torch.no_grad():
+            distance = self.distance(summaries, self.observed_summary)
+        return u_out, Simulation(values, summaries, distance)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to continue exactly: the seed generator's state and counters."""
+        return {
+            "generator": self.generator.get_state(),
+            "n_simulations": self.n_simulations,
+            "seconds": self.seconds,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.n_simulations = int(state["n_simulations"])
+        self.seconds = float(state["seconds"])
