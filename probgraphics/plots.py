@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["image_grid", "save_figure"]
+__all__ = ["image_grid", "save_figure", "trace_figure"]
 
 
 def _as_images(images) -> torch.Tensor:
@@ -84,4 +84,30 @@ def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    finally:
+        _release(fig)
     return path
+
+
+def _release(fig) -> None:
+    """Close ``fig`` if pyplot manages it (ArviZ plots go through pyplot), so none accumulate."""
+    import matplotlib.pyplot as plt
+
+    if plt.fignum_exists(getattr(fig, "number", -1)):
+        plt.close(fig)
+
+
+def trace_figure(posterior, var_names: Sequence[str], *, truth: dict | None = None):
+    """ArviZ trace plot of ``var_names``: pooled density (left) and every chain's trace (right).
+
+    ``truth`` (site -> float) draws the true values as reference lines.
+    """
+    import arviz as az
+
+    lines = [(name, {}, [float(value)]) for name, value in (truth or {}).items()]
+    axes = az.plot_trace(
+        posterior.to_arviz(), var_names=list(var_names), combined=True, lines=lines or None
+    )
+    fig = axes.ravel()[0].figure
+    fig.tight_layout()
+    return fig
