@@ -1,15 +1,75 @@
-"""The command line: ``probgraphics demo``.
+"""The command line: ``probgraphics demo | infer | train | bench``.
 
-Exit codes: 0 success, 2 bad usage or bad input (argparse's convention), 1 other failures.
+* ``probgraphics demo``: infer a simulated face scene with ABC-MCMC; write figures.
+* ``probgraphics infer IMAGE``: infer a scene program's latents from a PNG/JPEG image (``IMAGE``
+  may be the word ``sample-photo``: a face photograph that ships with matplotlib); write the
+  posterior (NetCDF) and a figure of the image beside posterior renders.
+* ``probgraphics train NAME``: run a training recipe (``probgraphics.training.RECIPES``).
+* ``probgraphics bench NAME [ARGS...]``: run ``benchmarks/NAME.py`` of the source checkout.
+
+Every subcommand has ``--help``. Exit codes: 0 success; 2 bad usage or bad input (argparse's
+convention: a missing or unreadable image, a wrong size, an unknown name, a bad option); 1 a
+failure while running; 130 interrupted. Errors are one line on stderr; set the environment
+variable ``PROBGRAPHICS_TRACEBACK=1`` to get the traceback of a failure instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import inspect
+import math
+import os
+import subprocess
 import sys
+import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser", "UsageError", "SAMPLE_PHOTO_ARGUMENT"]
+
+#: The ``IMAGE`` argument of ``probgraphics infer`` that means :func:`sample_face_photo`.
+SAMPLE_PHOTO_ARGUMENT = "sample-photo"
+
+#: Environment variable: when set to 1, failures raise with their traceback.
+_TRACEBACK_VARIABLE = "PROBGRAPHICS_TRACEBACK"
+
+
+class UsageError(Exception):
+    """Bad usage or bad input, reported as one line with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog may be computed when help is shown (``lazy_epilog``), so
+    listing e.g. the training recipes does not import torch for every command."""
+
+    def __init__(self, *args: Any, lazy_epilog: Callable[[], str] | None = None, **kwargs: Any):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        for key in ("description", "epilog"):
+            if kwargs.get(key):
+                kwargs[key] = _fill(kwargs[key])
+        super().__init__(*args, **kwargs)
+        self._lazy_epilog = lazy_epilog
+
+    def format_help(self) -> str:
+        if self._lazy_epilog is not None:
+            self.epilog = _fill(self._lazy_epilog())
+        return super().format_help()
+
+
+def _fill(text: str, width: int = 88) -> str:
+    """Wrap each paragraph of ``text``, leaving indented ones (examples, listings) as they are."""
+    paragraphs = text.split("\n\n")
+    return "\n\n".join(
+        paragraph
+        if any(line.startswith(" ") for line in paragraph.splitlines())
+        else textwrap.fill(paragraph, width)
+        for paragraph in paragraphs
+    )
+
+
+# ------------------------------------------------------------------------------------------ demo
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -32,8 +92,10 @@ def _demo(args: argparse.Namespace) -> int:
     )
 
     truth = programs.simulate(program, seed=args.seed)
-    print(f"inferring a {args.resolution}px face scene with abc_mcmc, pixel summary, "
-          f"{args.chains} chains x {args.draws} draws ({args.warmup} warm-up steps)")
+    print(
+        f"inferring a {args.resolution}px face scene with abc_mcmc, pixel summary, "
+        f"{args.chains} chains x {args.draws} draws ({args.warmup} warm-up steps)"
+    )
     posterior = infer(
         program,
         truth["image"],
@@ -70,8 +132,12 @@ def _demo(args: argparse.Namespace) -> int:
         for i, (a, e) in enumerate(zip(final["azimuth"].tolist(), final["elevation"].tolist()))
     ]
     save_figure(
-        image_grid(panels, ncols=n_show + 1, titles=titles,
-                   suptitle="observed image and posterior renders (abc_mcmc, pixel summary)"),
+        image_grid(
+            panels,
+            ncols=n_show + 1,
+            titles=titles,
+            suptitle="observed image and posterior renders (abc_mcmc, pixel summary)",
+        ),
         out / "posterior_renders.png",
     )
     path = posterior.save(out / "posterior.nc")
@@ -79,14 +145,451 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------- infer
+
+
+def _parse_program_options(items: list[str] | None) -> dict[str, Any]:
+    """``["resolution=32", "color=rgb"]`` -> ``{"resolution": 32, "color": "rgb"}``: each value
+    read as a Python literal (numbers, tuples, True/False/None), else kept as a string."""
+    options: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise UsageError(
+                f"--program-option expects KEY=VALUE (e.g. resolution=32), got {item!r}."
+            )
+        if key in options:
+            raise UsageError(f"--program-option {key} is given twice; give it once.")
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            value = text.strip()
+        options[key] = value
+    return options
+
+
+def _parse_crop_box(text: str | None) -> tuple[int, int, int, int] | None:
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise UsageError(
+            f"--crop-box expects four integers TOP,LEFT,HEIGHT,WIDTH in pixels (e.g. "
+            f"40,92,340,340), got {text!r}."
+        )
+    return values  # type: ignore[return-value]
+
+
+def _resolve_summary(spec: str) -> tuple[Any, str]:
+    """``--summary`` -> (what ``infer`` takes, a description). Named summaries stay names;
+    anything else is a pretrained network, optionally ``NAME:group,group`` for a subset of its
+    code."""
+    from probgraphics.inference.summaries import SUMMARIES
+
+    if spec in SUMMARIES:
+        return spec, f"{spec} summary"
+    name, _, groups = spec.partition(":")
+    try:
+        from probgraphics.nets.pretrained import available, pretrained
+    except ImportError as error:
+        raise UsageError(
+            f"--summary {spec!r} is not a named summary ({sorted(SUMMARIES)}), and pretrained "
+            f"networks cannot be loaded in this installation ({error})."
+        ) from None
+    if name not in available():
+        raise UsageError(
+            f"unknown --summary {spec!r}; the named summaries are {sorted(SUMMARIES)} and the "
+            f"pretrained networks are {available() or 'none installed'} (train one with "
+            "`probgraphics train NAME`)."
+        )
+    summary = pretrained(name)
+    if groups:
+        summary = summary.subset(*[g.strip() for g in groups.split(",") if g.strip()])
+    return summary, f"pretrained encoder {name!r}" + (f", groups {groups}" if groups else "")
+
+
+def _image_argument(text: str) -> Path:
+    from probgraphics.imageio import sample_face_photo
+
+    if text == SAMPLE_PHOTO_ARGUMENT:
+        return sample_face_photo()
+    path = Path(text)
+    if not path.exists():
+        raise UsageError(f"no such image file: {text!r}; check the path.")
+    return path
+
+
+def _output_file(text: str, option: str) -> Path:
+    """Check an output path before the (long) run, creating its folder."""
+    path = Path(text)
+    if path.is_dir():
+        raise UsageError(f"{option} {text!r} is a folder; give a file name (e.g. posterior.nc).")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create the folder of {option} {text!r}: {error}") from None
+    return path
+
+
+def _scalar_sites(samples: dict) -> list[str]:
+    return [name for name, value in samples.items() if math.prod(value.shape[2:]) == 1]
+
+
+def _infer(args: argparse.Namespace) -> int:
+    """Load an image, infer a program's latents from it, write the posterior and a figure."""
+    import torch
+
+    from probgraphics import programs
+    from probgraphics.api import infer, resolve_device
+    from probgraphics.config import set_num_threads
+    from probgraphics.imageio import SAMPLE_PHOTO_FACE_BOX, load_image
+
+    set_num_threads(args.threads)
+    image_path = _image_argument(args.image)
+    program_options = _parse_program_options(args.program_option)
+    crop_box = _parse_crop_box(args.crop_box)
+    if crop_box is None and args.crop is None and args.image == SAMPLE_PHOTO_ARGUMENT:
+        crop_box = SAMPLE_PHOTO_FACE_BOX
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as error:  # CUDA asked for but absent: the user's choice, not a failure
+        raise UsageError(f"{error} (use --device cpu)") from None
+    out = _output_file(args.out, "--out")
+    figure = None
+    if not args.no_figure:
+        figure = _output_file(args.figure or str(out.with_suffix(".png")), "--figure")
+
+    try:
+        program = programs.get(args.program, **program_options)
+    except TypeError as error:
+        raise UsageError(
+            f"program {args.program!r} does not take the options {sorted(program_options)}: {error}"
+        ) from None
+    resolution = getattr(program, "resolution", None)
+    if not isinstance(resolution, int):
+        raise UsageError(
+            f"program {args.program!r} has no image resolution; `probgraphics infer` observes "
+            "images, so use an image program (face, voxel, dcign)."
+        )
+    channels = getattr(program, "channels", 1)
+    loaded = load_image(
+        image_path,
+        resolution=resolution,
+        channels=channels,
+        crop=args.crop or "center",
+        face_box=crop_box,
+    )
+    print(loaded.describe())
+
+    summary, summary_text = _resolve_summary(args.summary)
+    if callable(summary):
+        # Fail now, with the fix, rather than after the pilot run.
+        try:
+            summary(loaded.image[None])
+        except (ValueError, TypeError, RuntimeError) as error:
+            raise UsageError(
+                f"--summary {args.summary!r} cannot take this program's {channels}x{resolution}x"
+                f"{resolution} images ({error}); pick the program's resolution to match, e.g. "
+                "--program-option resolution=64."
+            ) from None
+
+    options: dict[str, Any] = {
+        "chains": args.chains,
+        "draws": args.draws,
+        "warmup": args.warmup,
+        "epsilon": args.epsilon,
+        "quantile": args.quantile,
+        "init": args.init,
+        "pilot_size": args.pilot_size,
+        "simulations": args.simulations,
+    }
+    options = {key: value for key, value in options.items() if value is not None}
+    options.update(summary=summary, seed=args.seed, device=str(device), progress=not args.quiet)
+    sizes = ", ".join(
+        f"{key} {value}"
+        for key, value in options.items()
+        if key in ("chains", "draws", "warmup", "simulations", "epsilon")
+    )
+    print(f"program: {program!r}")
+    print(
+        f"inferring with {args.method}, {summary_text}, seed {args.seed}, device {device}"
+        + (f", {sizes}" if sizes else " (method defaults)")
+    )
+    posterior = infer(program, loaded.image, method=args.method, **options)
+
+    scalars = _scalar_sites(posterior.samples)
+    if scalars:
+        table = posterior.summary(var_names=scalars)
+        print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    stats = [
+        f"{posterior.n_simulations} simulations in {posterior.wall_time:.1f}s "
+        f"({posterior.simulations_per_second:.0f}/s)"
+    ]
+    if "accepted" in posterior.sample_stats:
+        stats.append(f"acceptance {posterior.sample_stats['accepted'].float().mean():.2f}")
+    print(", ".join(stats))
+
+    path = posterior.save(out)
+    written = [str(path)]
+    if figure is not None:
+        from probgraphics.plots import save_figure
+
+        with torch.no_grad():
+            fig = _posterior_figure(
+                program,
+                posterior,
+                loaded,
+                scalars,
+                title=(f"{args.program} program, {args.method}, {summary_text}"),
+            )
+        save_figure(fig, figure)
+        written.append(str(figure))
+    print("wrote " + " and ".join(written))
+    return 0
+
+
+def _posterior_figure(program, posterior, loaded, scalars: list[str], *, title: str):
+    """The photo (crop box drawn), the observation, posterior renders of a few chains' last
+    draws (when the program can render), and histograms of the scalar sites' posteriors."""
+    import numpy as np
+    import torch
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    from probgraphics.imageio import read_image_array
+
+    renders = None
+    latent_sites = getattr(program, "latent_sites", None)
+    render = getattr(program, "render", None)
+    n_show = min(6, posterior.num_chains)
+    final = {site: value[:n_show, -1] for site, value in posterior.samples.items()}
+    if callable(render) and latent_sites and all(s in final for s in latent_sites):
+        try:
+            renders = render(**{s: final[s] for s in latent_sites}).detach().cpu()
+            renders = renders.reshape(n_show, *renders.shape[-3:]).clamp(0, 1)
+        except Exception as error:  # a figure without renders beats no figure at all
+            print(
+                f"probgraphics infer: note: could not render posterior draws ({error})",
+                file=sys.stderr,
+            )
+            renders = None
+    shown = scalars[:4]
+    columns = 2 + (n_show if renders is not None else 0)
+    rows = 2 if shown else 1
+    fig = Figure(figsize=(max(1.6 * columns, 2.4 * len(shown)), 2.0 + 1.4 * (rows - 1) + 0.4))
+    grid = fig.add_gridspec(rows, 1, height_ratios=[2.0, 1.4][:rows])
+    top = grid[0].subgridspec(1, columns)
+
+    photo, _ = read_image_array(loaded.report["path"])
+    ax = fig.add_subplot(top[0, 0])
+    if photo.shape[-1] == 1:
+        ax.imshow(photo[..., 0], cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(photo)
+    y0, x0, height, width = loaded.report["crop_box"]
+    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), width, height, fill=False, color="red", lw=1))
+    ax.set_title("input", fontsize=7)
+    ax.set_axis_off()
+
+    def show(axis, image: torch.Tensor, text: str) -> None:
+        pixels = image.permute(1, 2, 0).numpy()
+        if pixels.shape[-1] == 1:
+            axis.imshow(pixels[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        else:
+            axis.imshow(pixels, interpolation="nearest")
+        axis.set_title(text, fontsize=6)
+        axis.set_axis_off()
+
+    show(fig.add_subplot(top[0, 1]), loaded.image, "observed")
+    if renders is not None:
+        titled = [s for s in scalars if s in final][:3]
+        for i in range(n_show):
+            text = "\n".join([f"chain {i}"] + [f"{s} {float(final[s][i]):+.3g}" for s in titled])
+            show(fig.add_subplot(top[0, 2 + i]), renders[i], text)
+
+    if shown:
+        bottom = grid[1].subgridspec(1, len(shown))
+        for j, site in enumerate(shown):
+            draws = posterior.samples[site].reshape(-1).numpy()
+            axis = fig.add_subplot(bottom[0, j])
+            axis.hist(draws, bins=min(30, max(5, int(np.sqrt(draws.size)))), color="0.4")
+            axis.set_title(f"{site}: {draws.mean():.3g} ± {draws.std():.2g}", fontsize=7)
+            axis.tick_params(labelsize=6)
+            axis.set_yticks([])
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------- train
+
+
+def _recipes() -> dict[str, Callable[..., Any]]:
+    try:
+        from probgraphics.training import RECIPES
+    except ImportError as error:
+        raise RuntimeError(
+            f"training recipes are not available: probgraphics.training cannot be imported "
+            f"({error})."
+        ) from None
+    return RECIPES
+
+
+def _train_epilog() -> str:
+    try:
+        recipes = _recipes()
+    except RuntimeError as error:
+        return str(error)
+    lines = ["recipes:"]
+    for name, recipe in sorted(recipes.items()):
+        doc = (inspect.getdoc(recipe) or "").splitlines()
+        lines.append(f"  {name:<18} {doc[0].replace('``', '') if doc else ''}")
+    return "\n".join(lines)
+
+
+def _train(args: argparse.Namespace) -> int:
+    """Run a training recipe; it writes the weights and a model card next to them."""
+    from probgraphics.config import set_num_threads
+
+    recipes = _recipes()
+    if args.name not in recipes:
+        raise UsageError(f"unknown recipe {args.name!r}; the recipes are {sorted(recipes)}.")
+    recipe = recipes[args.name]
+    set_num_threads(args.threads)
+    out = _output_file(args.out or f"{args.name}.pt", "--out")
+    keywords: dict[str, Any] = {"seed": args.seed, "progress": not args.quiet}
+    for key in ("steps", "batch_size", "checkpoint", "resume"):
+        value = getattr(args, key)
+        if value is not None:
+            keywords[key] = value
+    parameters = inspect.signature(recipe).parameters
+    if "command" in parameters:
+        keywords["command"] = " ".join(["probgraphics", *args.argv])
+    unsupported = sorted(key for key in keywords if key not in parameters)
+    if unsupported:
+        flags = ", ".join("--" + key.replace("_", "-") for key in unsupported)
+        raise UsageError(f"recipe {args.name!r} does not take {flags}.")
+    print(f"training {args.name} -> {out}")
+    result = recipe(out, **keywords)
+    losses = list(getattr(result, "losses", ()))
+    tail = losses[-50:]
+    loss_text = (
+        f", mean loss of the last {len(tail)} steps {sum(tail) / len(tail):.4g}" if tail else ""
+    )
+    print(
+        f"trained {args.name}: {getattr(result, 'steps', '?')} steps in "
+        f"{getattr(result, 'wall_time', float('nan')):.1f}s{loss_text}"
+    )
+    cards = [str(out.with_suffix(s)) for s in (".md", ".json") if out.with_suffix(s).exists()]
+    print("wrote " + ", ".join([str(out), *cards]))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- bench
+
+
+def _benchmarks_dir() -> Path | None:
+    """``benchmarks/`` of the source checkout this package runs from, or None (a wheel)."""
+    folder = Path(__file__).resolve().parent.parent / "benchmarks"
+    return folder if folder.is_dir() else None
+
+
+def _benchmark_names(folder: Path) -> dict[str, str]:
+    """Benchmark name -> the first line of its docstring (read without importing it)."""
+    names = {}
+    for script in sorted(folder.glob("*.py")):
+        if script.name.startswith("_"):
+            continue
+        try:
+            doc = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))) or ""
+        except (SyntaxError, OSError, UnicodeDecodeError):
+            doc = ""
+        names[script.stem] = doc.splitlines()[0] if doc else ""
+    return names
+
+
+def _bench_epilog() -> str:
+    folder = _benchmarks_dir()
+    if folder is None:
+        return "benchmarks/ is not present: run from a source checkout of probgraphics."
+    lines = ["benchmarks (NAME --help shows a benchmark's own options):"]
+    lines += [f"  {name:<16} {doc}" for name, doc in _benchmark_names(folder).items()]
+    return "\n".join(lines)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """Run ``benchmarks/NAME.py`` of the source checkout with this Python."""
+    folder = _benchmarks_dir()
+    if folder is None:
+        raise UsageError(
+            "benchmarks/ is not present next to this installation (it ships with the source "
+            "checkout, not the wheel); clone the repository and run `probgraphics bench` there."
+        )
+    names = _benchmark_names(folder)
+    if args.name not in names:
+        raise UsageError(f"unknown benchmark {args.name!r}; the benchmarks are {sorted(names)}.")
+    script = folder / f"{args.name}.py"
+    extra = list(args.args)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    environment = dict(os.environ)
+    # The script's own folder is first on its sys.path; the package must come from this
+    # checkout even when it is not installed.
+    root = str(folder.parent)
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [root, *filter(None, [environment.get("PYTHONPATH")])]
+    )
+    print(f"running {sys.executable} {script} {' '.join(extra)}".rstrip(), file=sys.stderr)
+    completed = subprocess.run(
+        [sys.executable, str(script), *extra], env=environment, cwd=root, check=False
+    )
+    if completed.returncode < 0:  # killed by a signal
+        return 1
+    return completed.returncode
+
+
+# ---------------------------------------------------------------------------------------- parser
+
+
+def _add_common(parser: argparse.ArgumentParser, *, seed_default: int | None = 0) -> None:
+    parser.add_argument(
+        "--seed", type=int, default=seed_default, help="random seed (default: %(default)s)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch/numba threads (default: OMP_NUM_THREADS, else all cores)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The ``probgraphics`` argument parser (subcommands demo, infer, train, bench)."""
+    parser = _Parser(
         prog="probgraphics",
         description="Probabilistic inverse graphics: scene programs, ABC-MCMC, encoder guides.",
+        epilog=f"Exit codes: 0 success, 2 bad usage or input, 1 failure. Set "
+        f"{_TRACEBACK_VARIABLE}=1 to see tracebacks.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from probgraphics import __version__
+
+    parser.add_argument("--version", action="version", version=f"probgraphics {__version__}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+
     demo = sub.add_parser(
-        "demo", help="infer a simulated face scene with ABC-MCMC and write figures"
+        "demo",
+        help="infer a simulated face scene with ABC-MCMC and write figures",
+        description="Sample a face scene, infer it with ABC-MCMC (pixel summary), print the "
+        "posterior against the truth, and write prior scenes, trace plot, posterior renders and "
+        "posterior.nc to --out.",
     )
     demo.add_argument("--out", default="demo-output", help="output folder (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -97,17 +600,163 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.add_argument("--threads", type=int, default=None, help="torch/numba threads")
     demo.set_defaults(run=_demo)
+
+    infer = sub.add_parser(
+        "infer",
+        help="infer a scene program's latents from a PNG/JPEG image",
+        description="Load IMAGE (PNG/JPEG; converted to the program's channels, cropped to a "
+        "square and resized to the program's resolution, each choice printed), infer the "
+        "program's latents with ABC, print the ArviZ summary of the scalar sites, and write the "
+        "posterior (NetCDF, --out) and a figure of the image beside posterior renders and "
+        "histograms (--figure).",
+        epilog="IMAGE may be the word 'sample-photo': a face photograph that ships with "
+        "matplotlib (grace_hopper.jpg), cropped by default to a box around the face.\n\n"
+        "example:\n  probgraphics infer sample-photo --program face --method abc_mcmc "
+        "--summary dcign-face-64 --out posterior.nc",
+    )
+    infer.add_argument(
+        "image", metavar="IMAGE", help=f"PNG/JPEG file, or '{SAMPLE_PHOTO_ARGUMENT}'"
+    )
+    infer.add_argument(
+        "--program", default="face", help="registered scene program (default: %(default)s)"
+    )
+    infer.add_argument(
+        "--program-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="program configuration, repeatable (e.g. resolution=32; values are "
+        "Python literals or strings)",
+    )
+    infer.add_argument(
+        "--method",
+        default="abc_mcmc",
+        help="abc_mcmc, abc_slice or abc_rejection (default: %(default)s)",
+    )
+    infer.add_argument(
+        "--summary",
+        default="pixel",
+        help="'pixel', or a pretrained network name such as dcign-face-64, "
+        "optionally NAME:group,group for part of its code (default: %(default)s)",
+    )
+    infer.add_argument("--chains", type=int, help="chains (default: the method's, 64)")
+    infer.add_argument("--draws", type=int, help="draws per chain (default: the method's, 500)")
+    infer.add_argument("--warmup", type=int, help="warm-up steps (default: the method's, 500)")
+    infer.add_argument(
+        "--epsilon", type=float, help="ABC tolerance (default: annealed adaptively during warm-up)"
+    )
+    infer.add_argument(
+        "--quantile", type=float, help="epsilon as this quantile of the pilot's distances"
+    )
+    infer.add_argument(
+        "--init",
+        choices=("pilot", "prior"),
+        help="chain start: best pilot simulations or prior draws (default: pilot)",
+    )
+    infer.add_argument(
+        "--pilot-size",
+        type=int,
+        help="prior simulations of the pilot (default: max(1000, 4 x chains))",
+    )
+    infer.add_argument("--simulations", type=int, help="abc_rejection's simulation budget")
+    infer.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    infer.add_argument(
+        "--out",
+        default="posterior.nc",
+        help="posterior NetCDF file, written atomically (default: %(default)s)",
+    )
+    infer.add_argument("--figure", help="figure file (default: --out with suffix .png)")
+    infer.add_argument("--no-figure", action="store_true", help="write no figure")
+    infer.add_argument(
+        "--crop",
+        choices=("center", "none"),
+        help="centre square crop, or none (stretch); default center, or the "
+        "face box for sample-photo",
+    )
+    infer.add_argument(
+        "--crop-box",
+        metavar="TOP,LEFT,HEIGHT,WIDTH",
+        help="crop this box of the image (pixels) instead",
+    )
+    _add_common(infer)
+    infer.set_defaults(run=_infer)
+
+    train = sub.add_parser(
+        "train",
+        help="train a bundled network with a named recipe",
+        description="Run a training recipe of probgraphics.training.RECIPES: it writes the "
+        "network's weights to --out and a model card (.md, .json) next to them.",
+        lazy_epilog=_train_epilog,
+    )
+    train.add_argument("name", metavar="NAME", help="recipe name (listed below)")
+    train.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
+    train.add_argument("--out", help="weights file (default: NAME.pt)")
+    train.add_argument("--batch-size", type=int, help="batch size (default: the recipe's)")
+    train.add_argument("--checkpoint", help="write training checkpoints to this file")
+    train.add_argument("--resume", help="resume from this training checkpoint")
+    _add_common(train)
+    train.set_defaults(run=_train)
+
+    bench = sub.add_parser(
+        "bench",
+        help="run a benchmark script of the source checkout",
+        description="Run benchmarks/NAME.py with this Python, passing ARGS on (e.g. --quick).",
+        lazy_epilog=_bench_epilog,
+    )
+    bench.add_argument("name", metavar="NAME", help="benchmark name (listed below)")
+    bench.add_argument(
+        "args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the benchmark script"
+    )
+    bench.set_defaults(run=_bench)
     return parser
 
 
+#: Errors from bad usage or bad input (exit code 2); anything else is a failure (exit code 1).
+_USER_ERRORS = (
+    UsageError,
+    ValueError,
+    TypeError,
+    KeyError,
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, KeyError) and error.args:
+        text = str(error.args[0])  # str(KeyError) would quote the message
+    else:
+        text = str(error)
+    return " ".join(text.split()) or type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (argparse exits 2 itself on bad usage)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv
+    prefix = f"probgraphics {args.command}"
     try:
         return args.run(args)
-    except (ValueError, TypeError, KeyError, FileNotFoundError) as error:
-        print(f"probgraphics {args.command}: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return 130
+    except _USER_ERRORS as error:
+        if os.environ.get(_TRACEBACK_VARIABLE) == "1":
+            raise
+        print(f"{prefix}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if os.environ.get(_TRACEBACK_VARIABLE) == "1":
+            raise
+        print(
+            f"{prefix}: failed: {type(error).__name__}: {_one_line(error)} (set "
+            f"{_TRACEBACK_VARIABLE}=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":
