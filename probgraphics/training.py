@@ -1,0 +1,920 @@
+"""Paper training procedures as plug-in SVI losses, and named training recipes.
+
+Losses (callables ``loss(model, guide, observation, **extras)`` for
+:func:`~probgraphics.inference.svi.train_guide`):
+
+* :class:`DCIGNClampedLoss`: the DC-IGN procedure of seed 001 sec. 3.1-3.2. Each batch varies
+  one factor; the guide's code is assembled from its group sites, the inactive groups are clamped
+  to their batch mean in the forward pass and their gradient is replaced by the invariance target
+  (:func:`~probgraphics.nets.clamp_inactive`); the decoder (the ``dcign`` program) reconstructs
+  the batch from the clamped code. The objective is SGVB's: ``-log p(x | z_clamped) + KL(q(z|x)
+  || p(z))`` with the KL in closed form on the encoder's (unclamped) Gaussian.
+* :class:`MuVAEObjective`: the mu-VAE, beta-VAE and VAE objectives of seed 004 table 1 for a
+  :class:`~probgraphics.nets.MuVAE` trained on images alone, with the per-image (non-amortized)
+  azimuth latent of seed 004 sec. 3.2 held as Pyro parameters.
+
+Recipes (:data:`RECIPES`), each ``recipe(out_path, *, steps, seed, batch_size, progress, ...) ->
+TrainResult``, train a bundled network, write its checkpoint (``nets.save_checkpoint`` format) to
+``out_path`` and a model card next to it (``<stem>.md`` and ``<stem>.json``: command, steps, wall
+time, final losses, config, evaluation):
+
+* ``"dcign-face-64"``: a CPU-sized DC-IGN on 64 px face-program images, clamped procedure.
+* ``"muvae-shapes"``: a CPU-sized mu-VAE on procedural voxel shapes' projections (images only).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from torch.distributions import constraints, kl_divergence
+
+from probgraphics.inference.svi import TrainResult, train_guide
+from probgraphics.nets.checkpoint import save_checkpoint
+from probgraphics.nets.clamped import clamp_inactive
+from probgraphics.nets.dcign import DCIGN, CodeLayout, DCIGNConfig
+from probgraphics.nets.guides import EncoderGuide
+from probgraphics.nets.muvae import (
+    MuVAE,
+    MuVAEConfig,
+    beta_vae_loss,
+    gaussian_kl,
+    mu_vae_loss,
+)
+
+__all__ = [
+    "DCIGNClampedLoss",
+    "MuVAEObjective",
+    "RECIPES",
+    "ShuffledBatches",
+    "StepwiseFactorBatches",
+    "dcign_face_64",
+    "initialize_dcign",
+    "muvae_shapes",
+    "write_model_card",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# The DC-IGN clamped procedure (seed 001 sec. 3.1-3.2)
+# --------------------------------------------------------------------------------------------
+
+
+class DCIGNClampedLoss:
+    """SGVB with the DC-IGN's clamped code, as an SVI loss.
+
+    Use with the ``dcign`` program as the model (its decoder is the renderer; train it with
+    ``train_guide(..., modules={"decoder": net.decoder})``), an :class:`EncoderGuide` of the
+    network's encoder as the guide, and one-factor-varies batches
+    (:func:`probgraphics.data.one_factor_batches`), whose ``factor`` field names the group that
+    varies.
+
+    For a batch of ``B`` images in which ``factor`` varies:
+
+    1. the guide samples every group site ``z ~ q(z | x)`` (reparameterized);
+    2. the groups are concatenated into the code ``(B, K)``; the units of the active group(s) pass
+       through, every other unit is replaced by its batch mean, and in the backward pass the
+       inactive units' gradient is replaced by ``invariance_scale * (z - batch mean)``
+       (:func:`~probgraphics.nets.clamp_inactive`; seed 001 steps 5-8);
+    3. the model is run with the clamped code and the loss is
+       ``(1/B) sum_i [-log p(x_i | z_clamped_i) + sum_groups KL(q(z_g | x_i) || p(z_g))]``.
+
+    The invariance target *replaces* the gradient, so its size is relative to the
+    reconstruction term: with the program's ``noise = sqrt(1/2)`` the reconstruction is the sum
+    of squared errors per image, the scale seed 001's 1/100 refers to.
+
+    Args:
+        layout: the network's :class:`CodeLayout`; its group names are the program's sites.
+        invariance_scale: factor on the invariance target (seed 001: about 1/100).
+        clamp_to: ``"mean"`` (seed 001) or ``"first"`` (seed 000), see ``clamp_inactive``.
+        factor_groups: batch factor name -> group name(s) it drives, for factor names that are
+            not group names (default: identity).
+    """
+
+    def __init__(
+        self,
+        layout: CodeLayout,
+        *,
+        invariance_scale: float = 0.01,
+        clamp_to: str = "mean",
+        factor_groups: Mapping[str, str | Sequence[str]] | None = None,
+    ) -> None:
+        if not isinstance(layout, CodeLayout):
+            raise TypeError(f"layout must be a CodeLayout, got {type(layout).__name__}.")
+        if isinstance(invariance_scale, bool) or not isinstance(invariance_scale, (int, float)):
+            raise ValueError(f"invariance_scale must be a number >= 0, got {invariance_scale!r}.")
+        if not 0 <= invariance_scale < math.inf:
+            raise ValueError(f"invariance_scale must be finite and >= 0, got {invariance_scale}.")
+        if clamp_to not in ("mean", "first"):
+            raise ValueError(f"clamp_to must be 'mean' or 'first', got {clamp_to!r}.")
+        self.layout = layout
+        self.invariance_scale = float(invariance_scale)
+        self.clamp_to = clamp_to
+        self.factor_groups = {
+            name: (groups,) if isinstance(groups, str) else tuple(groups)
+            for name, groups in (factor_groups or {}).items()
+        }
+        for name, groups in self.factor_groups.items():
+            unknown = [g for g in groups if g not in layout]
+            if unknown:
+                raise ValueError(
+                    f"factor_groups[{name!r}] names {unknown}, not groups of the layout "
+                    f"{list(layout)}."
+                )
+        offsets, start = {}, 0
+        for name in layout.names:
+            offsets[name] = (start, start + len(layout[name]))
+            start = offsets[name][1]
+        self._offsets = offsets
+        self._code_size = start
+        self.__name__ = "dcign_clamped"
+
+    def active_positions(self, factor: str) -> list[int]:
+        """Positions, in the concatenated group code, of the units ``factor`` drives."""
+        groups = self.factor_groups.get(factor, (factor,))
+        unknown = [g for g in groups if g not in self.layout]
+        if unknown:
+            raise ValueError(
+                f"batch factor {factor!r} is not a code group; the groups are "
+                f"{list(self.layout)}. Map it with DCIGNClampedLoss(factor_groups={{...}})."
+            )
+        return [i for g in groups for i in range(*self._offsets[g])]
+
+    def __call__(
+        self,
+        model: Callable,
+        guide: Callable,
+        observation: torch.Tensor,
+        *,
+        factor: str,
+        **_: Any,
+    ) -> torch.Tensor:
+        if observation is None:
+            raise ValueError("the DC-IGN loss needs a batch of images.")
+        if not isinstance(factor, str):
+            raise TypeError(f"factor must be the name of the group that varies, got {factor!r}.")
+        active = self.active_positions(factor)
+        guide_trace = poutine.trace(guide).get_trace(observation)
+        names = self.layout.names
+        missing = [n for n in names if n not in guide_trace.nodes]
+        if missing:
+            raise ValueError(
+                f"the guide does not sample the code groups {missing}; guide every group of the "
+                "layout (EncoderGuide(net, dcign(net)) does)."
+            )
+        values = [guide_trace.nodes[n]["value"] for n in names]
+        code = torch.cat(values, dim=-1)
+        clamped = clamp_inactive(code, active, self.invariance_scale, clamp_to=self.clamp_to)
+        parts = clamped.split([len(self.layout[n]) for n in names], dim=-1)
+        data = dict(zip(names, parts, strict=True))
+        model_trace = poutine.trace(poutine.condition(model, data=data)).get_trace(observation)
+        observed_site = getattr(model, "observed_site", "image")
+        site = model_trace.nodes[observed_site]
+        log_likelihood = site["fn"].log_prob(site["value"])
+        log_likelihood = (log_likelihood * site["scale"]).sum()
+        kl = 0.0
+        for name in names:
+            q = guide_trace.nodes[name]
+            p = model_trace.nodes[name]
+            kl = kl + (kl_divergence(q["fn"], p["fn"]) * q["scale"]).sum()
+        return kl - log_likelihood
+
+
+# --------------------------------------------------------------------------------------------
+# The mu-VAE objectives (seed 004 table 1)
+# --------------------------------------------------------------------------------------------
+
+
+_OBJECTIVES = ("mu", "beta", "elbo")
+_AZIMUTHS = ("latent", "uniform", "fixed")
+
+
+class MuVAEObjective:
+    """The seed 004 objectives for a :class:`MuVAE` on images alone, as an SVI loss.
+
+    Batches must carry ``indices`` (``(B,)`` int64 positions of the images in the training
+    set, as :class:`ShuffledBatches` gives): with ``azimuth="latent"`` (seed 004's final model)
+    every training image has its own azimuth latent ``Z_theta ~ N(mu_theta, sigma_theta^2)``
+    whose parameters are Pyro parameters ``azimuth_latent_mean`` / ``azimuth_latent_std``
+    ``(n_items, m)`` (non-amortized), mapped to an angle by the network's azimuth net.
+
+    Per batch: encode, sample the shape code, decode a grid, rotate it by the azimuth, project,
+    texturize, and take
+
+    * ``"mu"``: :func:`~probgraphics.nets.mu_vae_loss` with the azimuth latent's terms (needs
+      ``MuVAEConfig(bounded_std=True)``; the azimuth std is bounded to (0, 1) likewise);
+    * ``"beta"``: :func:`~probgraphics.nets.beta_vae_loss` (``beta`` on both KL terms);
+    * ``"elbo"``: the same with ``beta = 1``.
+
+    The model and guide :func:`train_guide` passes are not used: the network is trained in
+    training mode (batch norm on batch statistics) through its own forward pass, which is the
+    voxel program's renderer; the network's parameters are registered as ``module_name``.
+
+    Args:
+        net: the :class:`MuVAE`.
+        n_items: number of training images (rows of the per-image azimuth parameters).
+        objective: ``"mu"``, ``"beta"`` or ``"elbo"``.
+        beta: the beta-VAE factor (seed 004: 30).
+        azimuth: ``"latent"`` (per-image latent, case 2b), ``"uniform"`` (a fresh uniform angle
+            per image and step, case 2a) or ``"fixed"`` (0, case 1).
+        initial_spread: standard deviation of the random initial azimuth-latent means.
+    """
+
+    def __init__(
+        self,
+        net: MuVAE,
+        n_items: int,
+        *,
+        objective: str = "mu",
+        beta: float = 30.0,
+        azimuth: str = "latent",
+        module_name: str = "muvae",
+        initial_spread: float = 1.0,
+    ) -> None:
+        if not isinstance(net, MuVAE):
+            raise TypeError(f"net must be a MuVAE, got {type(net).__name__}.")
+        if isinstance(n_items, bool) or not isinstance(n_items, int) or n_items < 1:
+            raise ValueError(f"n_items must be an int >= 1, got {n_items!r}.")
+        if objective not in _OBJECTIVES:
+            raise ValueError(f"objective must be one of {_OBJECTIVES}, got {objective!r}.")
+        if azimuth not in _AZIMUTHS:
+            raise ValueError(f"azimuth must be one of {_AZIMUTHS}, got {azimuth!r}.")
+        if objective == "mu" and not net.config.bounded_std:
+            raise ValueError(
+                "the mu-VAE objective needs bounded standard deviations (its -log sigma^2 term "
+                "is unbounded below otherwise); build the net with MuVAEConfig(bounded_std=True)."
+            )
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0:
+            raise ValueError(f"beta must be a number > 0, got {beta!r}.")
+        self.net = net
+        self.n_items = n_items
+        self.objective = objective
+        self.beta = float(beta)
+        self.azimuth = azimuth
+        self.module_name = module_name
+        self.initial_spread = float(initial_spread)
+        self.__name__ = f"{objective}_vae"
+
+    def azimuth_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Declare (or fetch) the per-image azimuth parameters: ``(mean, std)``, each
+        ``(n_items, azimuth_latent_size)`` on the network's device."""
+        device = next(self.net.parameters()).device
+        size = (self.n_items, self.net.config.azimuth_latent_size)
+        spread = self.initial_spread
+        mean = pyro.param("azimuth_latent_mean", lambda: spread * torch.randn(size, device=device))
+        constraint = (
+            constraints.interval(0.0, 1.0) if self.objective == "mu" else (constraints.positive)
+        )
+        std = pyro.param(
+            "azimuth_latent_std",
+            lambda: torch.full(size, 0.5, device=device),
+            constraint=constraint,
+        )
+        return mean, std
+
+    def __call__(
+        self,
+        model: Callable,
+        guide: Callable,
+        observation: torch.Tensor,
+        *,
+        indices: torch.Tensor | None = None,
+        **_: Any,
+    ) -> torch.Tensor:
+        if observation is None:
+            raise ValueError("the mu-VAE objective needs a batch of images.")
+        net = pyro.module(self.module_name, self.net)
+        batch = observation.shape[0]
+        azimuth_mean = azimuth_log_var = None
+        if self.azimuth == "latent":
+            if indices is None:
+                raise ValueError(
+                    "azimuth='latent' needs each batch's `indices` (positions in the training "
+                    "set) to pick the per-image azimuth parameters; use ShuffledBatches."
+                )
+            indices = torch.as_tensor(indices, dtype=torch.long)
+            if (
+                indices.shape != (batch,)
+                or int(indices.min()) < 0
+                or int(indices.max()) >= self.n_items
+            ):
+                raise ValueError(
+                    f"indices must be ({batch},) ints in [0, {self.n_items}), got shape "
+                    f"{tuple(indices.shape)}."
+                )
+            mean_all, std_all = self.azimuth_parameters()
+            indices = indices.to(mean_all.device)
+            azimuth_mean, std = mean_all[indices], std_all[indices]
+            azimuth_log_var = 2.0 * std.log()
+            latent = azimuth_mean + std * torch.randn_like(azimuth_mean)
+            out = net(observation, azimuth_latent=latent)
+        elif self.azimuth == "uniform":
+            angle = (torch.rand(batch, device=observation.device) * 2.0 - 1.0) * math.pi
+            out = net(observation, azimuth=angle)
+        else:
+            out = net(observation)
+        reconstructions = [out.projection] + ([out.texture] if out.texture is not None else [])
+        if self.objective == "mu":
+            terms = mu_vae_loss(
+                observation,
+                reconstructions,
+                out.shape_mean,
+                out.shape_log_var,
+                azimuth_mean,
+                azimuth_log_var,
+            )
+            return terms.loss
+        beta = self.beta if self.objective == "beta" else 1.0
+        terms = beta_vae_loss(
+            observation, reconstructions, out.shape_mean, out.shape_log_var, beta=beta
+        )
+        loss = terms.loss
+        if azimuth_mean is not None:
+            loss = loss + beta * gaussian_kl(azimuth_mean, azimuth_log_var).mean()
+        return loss
+
+
+# --------------------------------------------------------------------------------------------
+# A fixed training set as minibatches
+# --------------------------------------------------------------------------------------------
+
+
+class ShuffledBatches:
+    """Minibatches of a fixed set of images, reshuffled every epoch, as a callable of the step.
+
+    ``batches(step)`` returns ``{"images": (B, C, H, W), "indices": (B,) int64}`` for the
+    0-based step; the epoch's permutation depends only on ``seed`` and the epoch, so any step's
+    batch is drawn directly (resuming costs nothing). The last incomplete batch of an epoch is
+    dropped.
+
+    Args:
+        images: ``(N, C, H, W)`` training images.
+        batch_size: images per batch, ``1 <= batch_size <= N``.
+        seed: the shuffling seed.
+    """
+
+    def __init__(self, images: torch.Tensor, batch_size: int, *, seed: int) -> None:
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else images
+            raise ValueError(f"images must be a tensor (N, C, H, W), got {shape!r}.")
+        n = images.shape[0]
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, int)
+            or not (1 <= batch_size <= n)
+        ):
+            raise ValueError(f"batch_size must be an int in [1, {n}], got {batch_size!r}.")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {seed!r}.")
+        self.images = images
+        self.batch_size = batch_size
+        self.seed = seed
+        self.per_epoch = n // batch_size
+        self._epoch = -1
+        self._order: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return self.per_epoch
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        epoch, position = divmod(int(step), self.per_epoch)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._order = torch.randperm(self.images.shape[0], generator=generator)
+            self._epoch = epoch
+        indices = self._order[position * self.batch_size : (position + 1) * self.batch_size]
+        return {"images": self.images[indices.to(self.images.device)], "indices": indices}
+
+
+class StepwiseFactorBatches:
+    """One-factor-varies batches as a callable of the step (O(1) to resume).
+
+    Wraps a :class:`probgraphics.data.OneFactorBatches` and chooses each step's factor (with its
+    ``ratio``) and batch seed from its own generator seeded with ``seed``; ``batches(step)``
+    renders the batch with ``OneFactorBatches.draw``. Only the cheap (factor, seed) draws are
+    replayed to reach a step, so a resumed run does not re-render the batches before it.
+    """
+
+    def __init__(self, batches, *, seed: int) -> None:
+        if not hasattr(batches, "draw") or not hasattr(batches, "ratio"):
+            raise TypeError(
+                "batches must be a OneFactorBatches (probgraphics.data.one_factor_batches), got "
+                f"{type(batches).__name__}."
+            )
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {seed!r}.")
+        self.batches = batches
+        self.seed = seed
+        self._generator = torch.Generator().manual_seed(seed)
+        self._plan: list[tuple[str, int]] = []
+
+    def plan(self, step: int) -> tuple[str, int]:
+        """The factor and the batch seed of the 0-based ``step``."""
+        while len(self._plan) <= step:
+            index = int(torch.multinomial(self.batches.ratio, 1, generator=self._generator))
+            batch_seed = int(torch.randint(0, 2**62, (1,), generator=self._generator))
+            self._plan.append((self.batches.names[index], batch_seed))
+        return self._plan[step]
+
+    def __call__(self, step: int):
+        factor, batch_seed = self.plan(int(step))
+        return self.batches.draw(factor, batch_seed)
+
+
+# --------------------------------------------------------------------------------------------
+# Model cards
+# --------------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+    )
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; a model card is package data
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_model_card(out_path: str | os.PathLike, card: Mapping[str, Any]) -> tuple[Path, Path]:
+    """Write ``card`` as ``<stem>.json`` and a markdown rendering as ``<stem>.md`` next to
+    ``out_path`` (atomically). Returns the two paths."""
+    out_path = Path(out_path)
+    card = _plain(dict(card))
+    json_path = out_path.with_suffix(".json")
+    md_path = out_path.with_suffix(".md")
+    _atomic_write_text(json_path, json.dumps(card, indent=2, sort_keys=False) + "\n")
+    lines = [f"# {card.get('name', out_path.stem)}", ""]
+    if card.get("description"):
+        lines += [str(card["description"]), ""]
+    for key in (
+        "recipe",
+        "command",
+        "steps",
+        "batch_size",
+        "seed",
+        "wall_time_s",
+        "seconds_per_step",
+        "threads",
+        "final_loss",
+        "final_loss_mean_last_100",
+    ):
+        if key in card:
+            lines.append(f"* **{key}**: `{card[key]}`")
+    lines.append("")
+    for section in ("evaluation", "training", "config"):
+        if section in card:
+            lines += [
+                f"## {section}",
+                "",
+                "```json",
+                json.dumps(card[section], indent=2),
+                "```",
+                "",
+            ]
+    _atomic_write_text(md_path, "\n".join(lines))
+    return json_path, md_path
+
+
+def _card(
+    name: str,
+    recipe: str,
+    result: TrainResult,
+    *,
+    command: str | None,
+    batch_size: int,
+    seed: int,
+    config: Mapping[str, Any],
+    training: Mapping[str, Any],
+    evaluation: Mapping[str, Any] | None,
+    description: str,
+) -> dict[str, Any]:
+    losses = result.losses
+    tail = losses[-100:] if losses else ()
+    return {
+        "name": name,
+        "description": description,
+        "recipe": recipe,
+        "command": command,
+        "steps": result.steps,
+        "batch_size": batch_size,
+        "seed": seed,
+        "wall_time_s": round(result.wall_time, 2),
+        "seconds_per_step": round(result.wall_time / max(result.steps, 1), 4),
+        "threads": torch.get_num_threads(),
+        "final_loss": losses[-1] if losses else None,
+        "final_loss_mean_last_100": sum(tail) / len(tail) if tail else None,
+        "loss_curve": _loss_curve(losses),
+        "config": dict(config),
+        "training": dict(training),
+        "evaluation": dict(evaluation) if evaluation is not None else None,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "torch_version": str(torch.__version__),
+        "pyro_version": str(pyro.__version__),
+        "python": platform.python_version(),
+    }
+
+
+def _loss_curve(losses: Sequence[float], points: int = 50) -> list[list[float]]:
+    """``[step, mean loss of the window ending there]`` at up to ``points`` steps."""
+    if not losses:
+        return []
+    window = max(1, len(losses) // points)
+    curve = []
+    for end in range(window, len(losses) + 1, window):
+        chunk = losses[end - window : end]
+        curve.append([end, sum(chunk) / len(chunk)])
+    return curve
+
+
+def _default_command(recipe: str, out_path: Path, steps: int, seed: int, batch_size: int) -> str:
+    return (
+        f'python -c "from probgraphics.training import RECIPES; RECIPES[{recipe!r}]'
+        f'({str(out_path)!r}, steps={steps}, seed={seed}, batch_size={batch_size})"'
+    )
+
+
+def _check_recipe_args(steps: int, seed: int, batch_size: int, minimum_batch: int = 1) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}.")
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int)
+        or (batch_size < minimum_batch)
+    ):
+        raise ValueError(f"batch_size must be an int >= {minimum_batch}, got {batch_size!r}.")
+
+
+# --------------------------------------------------------------------------------------------
+# Recipes
+# --------------------------------------------------------------------------------------------
+
+
+def initialize_dcign(net: DCIGN, mean_pixel: float = 0.1) -> DCIGN:
+    """Re-initialize a DC-IGN for training from scratch (in place; returns it).
+
+    He (Kaiming) normal weights for the ReLU layers and zero biases, so activations keep their
+    scale through the stages (PyTorch's default init shrinks them about threefold a layer, and
+    the decoder's output then barely depends on the code); small code heads (codes start near
+    the prior's 0 with log-variance 0); and the output bias at ``logit(mean_pixel)``, the
+    average intensity of the training images, so the first steps need not drag every pixel of a
+    mostly black image down through the sigmoid.
+    """
+    if not isinstance(net, DCIGN):
+        raise TypeError(f"net must be a DCIGN, got {type(net).__name__}.")
+    if not 0.0 < mean_pixel < 1.0:
+        raise ValueError(f"mean_pixel must be in (0, 1), got {mean_pixel!r}.")
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                torch.nn.init.zeros_(module.bias)
+        for head in (net.encoder.mean_head, net.encoder.log_var_head):
+            torch.nn.init.xavier_normal_(head.weight, gain=0.1)
+        torch.nn.init.xavier_normal_(net.decoder.output.weight)
+        net.decoder.output.bias.fill_(math.log(mean_pixel / (1.0 - mean_pixel)))
+    return net
+
+
+#: The CPU-sized DC-IGN of the "dcign-face-64" recipe: the paper's layout (kernel 5 encoder,
+#: kernel 7 decoder, 200-unit code) with narrower stages, padded so 64 px gives 8x8 maps. The
+#: decoder's kernel-7 stages at full resolution are ~90% of the work, hence 16 filters each:
+#: 0.18 s a step (batch 20, one thread) against 0.40 s with (16, 32, 32).
+DCIGN_FACE_64 = DCIGNConfig(
+    image_size=64,
+    in_channels=1,
+    channels=(32, 32, 16),
+    kernel_size=5,
+    padding=2,
+    pool_size=2,
+    code_size=200,
+    decoder_channels=(16, 16, 16),
+    decoder_kernel=7,
+)
+
+#: The reconstruction noise the DC-IGN is trained with: -log p(x | z) is then the sum of
+#: squared errors (plus a constant), the scale seed 001's invariance factor of 1/100 refers to.
+DCIGN_TRAINING_NOISE = math.sqrt(0.5)
+
+
+def dcign_face_64(
+    out_path: str | os.PathLike,
+    *,
+    steps: int = 8000,
+    seed: int = 0,
+    batch_size: int = 20,
+    progress: bool = True,
+    optimizer: str = "adam",
+    lr: float = 5e-4,
+    invariance_scale: float = 0.01,
+    ratio: Sequence[float] = (1, 1, 1, 10),
+    config: DCIGNConfig = DCIGN_FACE_64,
+    training_noise: float = DCIGN_TRAINING_NOISE,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 200,
+    resume: str | os.PathLike | None = None,
+    evaluate: bool = True,
+    evaluation_scenes: int = 400,
+    command: str | None = None,
+) -> TrainResult:
+    """Train the bundled ``dcign-face-64`` DC-IGN with the clamped procedure of seed 001.
+
+    Data: one-factor-varies batches of ``batch_size`` noise-free 64 px renders of the face
+    program (azimuth : elevation : light : intrinsic = 1:1:1:10; intrinsic = shape, texture and
+    camera). Model: the ``dcign`` program of the network (decoder) with ``training_noise``;
+    guide: :class:`EncoderGuide` of its encoder; loss: :class:`DCIGNClampedLoss`. The network
+    is :data:`DCIGN_FACE_64` (encoder 32, 32, 16 filters; decoder 16, 16, 16), small enough for
+    CPU training (about 0.18 s a step on one core), initialized by :func:`initialize_dcign`.
+
+    Optimizer: Adam at seed 001's learning rate 5e-4, not its RMSprop. Measured here: torch's
+    RMSprop has no bias correction, so its first step moves every weight by
+    ``lr / sqrt(1 - alpha)`` (10x lr) in the sign of its gradient; at lr 5e-4 and 1e-4 that
+    drove the decoder's sigmoid output to a constant black image within 20 steps (mostly
+    black targets pull every logit down, and a saturated sigmoid passes no gradient back), after
+    which it no longer depends on the code and training stalls; at 3e-5 it had not left the
+    black image after 80 steps. Adam's first step is lr.
+    ``optimizer="rmsprop"`` gives the paper's setting anyway.
+
+    Writes the network to ``out_path`` (``nets.save_checkpoint``, kind ``"dcign"``) and the
+    model card (``.md``, ``.json``) next to it; with ``evaluate`` the card holds the held-out
+    correlations of the azimuth / elevation / light units with the true values and the
+    reconstruction error (:func:`probgraphics.evaluation.evaluate_dcign`).
+
+    Args:
+        out_path: where the weights go (``.pt``).
+        steps, seed, batch_size, progress: training length, seed, batch size, progress bar.
+        checkpoint, checkpoint_every, resume: training checkpoints (see ``train_guide``);
+            resuming needs the same seed and settings.
+        command: the command line recorded in the model card.
+
+    Returns:
+        The :class:`TrainResult`.
+    """
+    from probgraphics.data import one_factor_batches
+    from probgraphics.programs.dcign import dcign
+    from probgraphics.programs.face import face
+
+    _check_recipe_args(steps, seed, batch_size, minimum_batch=2)
+    out_path = Path(out_path)
+    if not isinstance(config, DCIGNConfig):
+        raise TypeError(f"config must be a DCIGNConfig, got {type(config).__name__}.")
+    face_program = face(resolution=config.image_size)
+    batches = one_factor_batches(face_program, batch_size, seed=seed, ratio=ratio)
+    # The mean intensity of a few batches sets the initial output bias.
+    probe = one_factor_batches(face_program, batch_size, seed=seed, ratio=ratio)
+    mean_pixel = float(torch.cat([next(probe).images for _ in range(4)]).mean().clamp(0.01, 0.99))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = initialize_dcign(DCIGN(config), mean_pixel)
+    net.train()
+    program = dcign(net, noise=training_noise)
+    guide = EncoderGuide(net, program)
+    loss = DCIGNClampedLoss(net.layout, invariance_scale=invariance_scale)
+    result = train_guide(
+        program,
+        guide,
+        StepwiseFactorBatches(batches, seed=seed),
+        steps=steps,
+        loss=loss,
+        optimizer=optimizer,
+        lr=lr,
+        modules={"decoder": net.decoder},
+        progress=progress,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        seed=seed,
+    )
+    net.eval()
+    training = {
+        "data": f"one_factor_batches(face(resolution={config.image_size}), "
+        f"batch_size={batch_size}, seed={seed}, ratio={list(ratio)})",
+        "loss": "DCIGNClampedLoss (SGVB on the clamped code, closed-form KL)",
+        "invariance_scale": invariance_scale,
+        "training_noise": training_noise,
+        "initialization": f"initialize_dcign(mean_pixel={mean_pixel:.4f})",
+        "optimizer": optimizer,
+        "lr": lr,
+    }
+    evaluation = None
+    if evaluate:
+        from probgraphics.evaluation import evaluate_dcign
+
+        evaluation = evaluate_dcign(net, face_program, n=evaluation_scenes, seed=seed + 10_000)
+    save_checkpoint(
+        out_path,
+        net,
+        net.config,
+        kind="dcign",
+        extra={"recipe": "dcign-face-64", "steps": result.steps, "seed": seed},
+    )
+    card = _card(
+        out_path.stem,
+        "dcign-face-64",
+        result,
+        command=command or _default_command("dcign-face-64", out_path, steps, seed, batch_size),
+        batch_size=batch_size,
+        seed=seed,
+        config=net.config.to_dict(),
+        training=training,
+        evaluation=evaluation,
+        description=(
+            "DC-IGN (seed 001) trained with the clamped one-factor-varies procedure on 64 px "
+            "grayscale renders of the synthetic 3DMM face program. Encoder filters "
+            f"{list(config.channels)} (kernel {config.kernel_size}), decoder filters "
+            f"{list(config.decoder_channels)} (kernel {config.decoder_kernel}), code of "
+            f"{config.code_size} units: azimuth z1, elevation z2, light z3, intrinsic z4..."
+        ),
+    )
+    write_model_card(out_path, card)
+    return result
+
+
+#: The CPU-sized mu-VAE of the "muvae-shapes" recipe (28^3 voxels, as seed 004).
+MUVAE_SHAPES = MuVAEConfig(
+    voxel_size=28,
+    encoder_channels=(16, 32, 64),
+    shape_code_size=32,
+    decoder_channels=(32, 16),
+    azimuth_latent_size=4,
+    azimuth_hidden=32,
+    texturizer=True,
+    texturizer_hidden=256,
+    mean_bound=3.0,
+    bounded_std=True,
+)
+
+
+def muvae_shapes(
+    out_path: str | os.PathLike,
+    *,
+    steps: int = 8000,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+    n_shapes: int = 4000,
+    objective: str = "mu",
+    beta: float = 30.0,
+    lr: float = 1e-3,
+    config: MuVAEConfig = MUVAE_SHAPES,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 200,
+    resume: str | os.PathLike | None = None,
+    evaluate: bool = True,
+    evaluation_shapes: int = 400,
+    command: str | None = None,
+) -> TrainResult:
+    """Train the bundled ``muvae-shapes`` mu-VAE on procedural shapes' images (no 3D supervision).
+
+    Data: ``n_shapes`` procedural voxel shapes (chairs, tables, cups, lamps;
+    :func:`probgraphics.data.procedural_shapes`) seen as their 28 px projections at random
+    azimuths, shuffled minibatches. Model: the ``voxel`` program of the network (texturizer on,
+    azimuth latent); guide: :class:`EncoderGuide` of its shape encoder for the ``shape`` site;
+    loss: :class:`MuVAEObjective` (``objective`` ``"mu"``, ``"beta"`` or ``"elbo"``) with the
+    per-image azimuth latents; optimizer: Adam (seed 004).
+
+    Writes the network (kind ``"muvae"``; the learned per-image azimuth parameters go into the
+    checkpoint's ``extra``) and its model card; with ``evaluate`` the card holds the voxel IoU
+    against the true grids on held-out shapes and the azimuth error on training shapes
+    (:func:`probgraphics.evaluation.evaluate_muvae`).
+
+    Returns:
+        The :class:`TrainResult`.
+    """
+    from probgraphics.data import procedural_shapes
+    from probgraphics.programs.voxel import voxel
+
+    _check_recipe_args(steps, seed, batch_size, minimum_batch=2)
+    if isinstance(n_shapes, bool) or not isinstance(n_shapes, int) or n_shapes < batch_size:
+        raise ValueError(f"n_shapes must be an int >= batch_size ({batch_size}), got {n_shapes!r}.")
+    if not isinstance(config, MuVAEConfig):
+        raise TypeError(f"config must be a MuVAEConfig, got {type(config).__name__}.")
+    out_path = Path(out_path)
+    shapes = procedural_shapes(n_shapes, resolution=config.voxel_size, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = MuVAE(config)
+    net.train()
+    program = voxel(net, texturizer=config.texturizer, azimuth="latent")
+    guide = EncoderGuide(net, program, site_layout={"shape": tuple(range(config.shape_code_size))})
+    loss = MuVAEObjective(net, n_shapes, objective=objective, beta=beta, azimuth="latent")
+    result = train_guide(
+        program,
+        guide,
+        ShuffledBatches(shapes.images, batch_size, seed=seed),
+        steps=steps,
+        loss=loss,
+        optimizer="adam",
+        lr=lr,
+        optimizer_options={"betas": (0.9, 0.999)},
+        # Registered as a module too, so checkpoints keep its batch-norm statistics.
+        modules={"muvae": net},
+        progress=progress,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        seed=seed,
+    )
+    net.eval()
+    azimuth_mean = result.params.get("azimuth_latent_mean")
+    azimuth_std = result.params.get("azimuth_latent_std")
+    evaluation = None
+    if evaluate:
+        from probgraphics.evaluation import evaluate_muvae
+
+        held_out = procedural_shapes(
+            evaluation_shapes, resolution=config.voxel_size, seed=seed + 10_000
+        )
+        evaluation = {
+            "held_out": evaluate_muvae(net, held_out),
+            "training": evaluate_muvae(
+                net,
+                _subset_shapes(shapes, evaluation_shapes),
+                azimuth_latent_mean=None
+                if azimuth_mean is None
+                else azimuth_mean[:evaluation_shapes],
+            ),
+        }
+    extra: dict[str, Any] = {
+        "recipe": "muvae-shapes",
+        "steps": result.steps,
+        "seed": seed,
+        "n_shapes": n_shapes,
+        "objective": objective,
+    }
+    if azimuth_mean is not None:
+        extra["azimuth_latent_mean"] = azimuth_mean.detach().cpu()
+        extra["azimuth_latent_std"] = azimuth_std.detach().cpu()
+    save_checkpoint(out_path, net, net.config, kind="muvae", extra=extra)
+    training = {
+        "data": f"procedural_shapes({n_shapes}, resolution={config.voxel_size}, seed={seed})",
+        "loss": f"MuVAEObjective(objective={objective!r}, beta={beta}, azimuth='latent')",
+        "optimizer": "Adam(betas=(0.9, 0.999))",
+        "lr": lr,
+    }
+    card = _card(
+        out_path.stem,
+        "muvae-shapes",
+        result,
+        command=command or _default_command("muvae-shapes", out_path, steps, seed, batch_size),
+        batch_size=batch_size,
+        seed=seed,
+        config=net.config.to_dict(),
+        training=training,
+        evaluation=evaluation,
+        description=(
+            "mu-VAE 3D autoencoder (seed 004) trained on 28 px projections of procedural voxel "
+            "shapes at random azimuths, images only (no 3D supervision); azimuth as a per-image "
+            f"latent through a tanh net; texturizer on; objective {objective!r}."
+        ),
+    )
+    write_model_card(out_path, card)
+    return result
+
+
+def _subset_shapes(shapes, n: int):
+    n = min(n, shapes.grids.shape[0])
+    return type(shapes)(
+        shapes.grids[:n], shapes.images[:n], shapes.azimuth[:n], shapes.labels[:n], shapes.classes
+    )
+
+
+#: Named training recipes: name -> ``recipe(out_path, *, steps, seed, batch_size, progress,
+#: ...) -> TrainResult``.
+RECIPES: dict[str, Callable[..., TrainResult]] = {
+    "dcign-face-64": dcign_face_64,
+    "muvae-shapes": muvae_shapes,
+}

@@ -1,0 +1,389 @@
+"""Paper procedures as SVI losses (DC-IGN clamped, mu-VAE), minibatches, recipes, evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import pytest
+import torch
+
+import probgraphics.training as training
+from probgraphics.evaluation import azimuth_error, evaluate_muvae, pearson, voxel_iou
+from probgraphics.inference.svi import _BatchedGuide, _BatchedModel, train_guide
+from probgraphics.nets import DCIGN, DCIGNConfig, MuVAE, MuVAEConfig, gaussian_kl
+from probgraphics.nets.guides import EncoderGuide
+from probgraphics.nets.pretrained import model_card, pretrained
+from probgraphics.programs.dcign import dcign
+from probgraphics.training import DCIGNClampedLoss, MuVAEObjective, ShuffledBatches
+
+TINY_DCIGN = DCIGNConfig(
+    image_size=16, channels=(4,), decoder_channels=(4,), padding=2, code_size=8, decoder_kernel=3
+)
+TINY_MUVAE = MuVAEConfig(
+    voxel_size=16,
+    encoder_channels=(4, 8),
+    shape_code_size=4,
+    decoder_channels=(8, 4),
+    azimuth_latent_size=2,
+    azimuth_hidden=8,
+    texturizer=True,
+    texturizer_hidden=16,
+)
+
+
+def dcign_setup(noise: float = 0.7):
+    torch.manual_seed(0)
+    net = DCIGN(TINY_DCIGN)
+    program = dcign(net, noise=noise)
+    guide = EncoderGuide(net, program)
+    model = _BatchedModel(program, "image", "batch", {"decoder": net.decoder})
+    return net, program, guide, model, _BatchedGuide(guide)
+
+
+# --------------------------------------------------------------------------------------------
+# DC-IGN clamped procedure
+# --------------------------------------------------------------------------------------------
+
+
+def test_clamped_loss_gives_inactive_units_the_invariance_target_gradient(monkeypatch):
+    net, _, _, model, guide = dcign_setup()
+    captured = {}
+    original = training.clamp_inactive
+
+    def spy(code, active, scale, **kwargs):
+        code.retain_grad()
+        captured["code"] = code
+        return original(code, active, scale, **kwargs)
+
+    monkeypatch.setattr(training, "clamp_inactive", spy)
+    scale = 0.25
+    loss = DCIGNClampedLoss(net.layout, invariance_scale=scale)
+    images = torch.rand(6, 1, 16, 16)
+    loss(model, guide, images, factor="light").backward()
+    code = captured["code"]
+    inactive = torch.ones(8, dtype=torch.bool)
+    inactive[list(net.layout["light"])] = False
+    target = scale * (code - code.mean(0, keepdim=True))
+    torch.testing.assert_close(code.grad[:, inactive], target[:, inactive].detach())
+    # The active unit gets the decoder's (reconstruction) gradient, not the target.
+    assert not torch.allclose(code.grad[:, ~inactive], target[:, ~inactive].detach())
+
+
+def test_clamped_loss_equals_sgvb_on_the_clamped_code_with_closed_form_kl():
+    """Reference: recon on the code with inactive units replaced by their (detached) batch mean,
+    closed-form KL on the encoder's Gaussian, and the invariance penalty
+    scale/2 * sum (z - mean)^2 over inactive units, whose gradient is the invariance target."""
+    net, _, _, model, guide = dcign_setup()
+    scale, noise, batch = 0.1, 0.7, 6
+    loss_fn = DCIGNClampedLoss(net.layout, invariance_scale=scale)
+    images = torch.rand(batch, 1, 16, 16)
+
+    torch.manual_seed(5)
+    value = loss_fn(model, guide, images, factor="intrinsic")
+    value.backward()
+    grads = {name: p.grad.clone() for name, p in net.named_parameters()}
+    net.zero_grad()
+
+    torch.manual_seed(5)
+    trace = poutine.trace(guide).get_trace(images)
+    code = torch.cat([trace.nodes[name]["value"] for name in net.layout.names], dim=-1)
+    active = net.layout.mask("intrinsic")
+    decoder_input = torch.where(active, code, code.mean(0, keepdim=True).detach())
+    log_likelihood = dist.Normal(net.decode(decoder_input), noise).log_prob(images).sum() / batch
+    mean, log_var = net.encode(images)
+    kl = gaussian_kl(mean, log_var).sum() / batch
+    penalty = 0.5 * scale * (code - code.mean(0, keepdim=True))[:, ~active].square().sum()
+    reference = kl - log_likelihood
+    torch.testing.assert_close(value, reference, rtol=1e-5, atol=1e-3)
+    (reference + penalty).backward()
+    for name, p in net.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_clamped_loss_rejects_unknown_factors_and_maps_aliases():
+    net = DCIGN(TINY_DCIGN)
+    with pytest.raises(ValueError, match="not a code group"):
+        DCIGNClampedLoss(net.layout).active_positions("identity")
+    loss = DCIGNClampedLoss(net.layout, factor_groups={"pose": ["azimuth", "elevation"]})
+    assert loss.active_positions("pose") == [0, 1]
+    assert loss.active_positions("intrinsic") == list(range(3, 8))
+    with pytest.raises(ValueError, match="not groups of the layout"):
+        DCIGNClampedLoss(net.layout, factor_groups={"pose": ["yaw"]})
+    with pytest.raises(ValueError, match="invariance_scale"):
+        DCIGNClampedLoss(net.layout, invariance_scale=-1.0)
+
+
+def test_dcign_procedure_trains_on_one_factor_batches_and_decreases_the_loss():
+    from probgraphics.data import one_factor_batches
+    from probgraphics.programs import face
+
+    net, program, guide, _, _ = dcign_setup()
+    source = one_factor_batches(face(resolution=16), 8, seed=0)
+    pool = [next(source) for _ in range(4)]
+    result = train_guide(
+        program,
+        guide,
+        lambda step: pool[step % 4],
+        steps=40,
+        loss=DCIGNClampedLoss(net.layout),
+        optimizer="rmsprop",
+        lr=2e-3,
+        modules={"decoder": net.decoder},
+        seed=0,
+        progress=False,
+    )
+    assert sum(result.losses[-8:]) < sum(result.losses[:8])
+
+
+def test_dcign_procedure_resumes_exactly(tmp_path):
+    from probgraphics.data import one_factor_batches
+    from probgraphics.programs import face
+
+    source = one_factor_batches(face(resolution=16), 4, seed=0)
+    pool = [next(source) for _ in range(3)]
+
+    def run(steps, path, resume=None, init_seed=0):
+        torch.manual_seed(init_seed)
+        net = DCIGN(TINY_DCIGN)
+        program = dcign(net, noise=0.7)
+        result = train_guide(
+            program,
+            EncoderGuide(net, program),
+            lambda step: pool[step % 3],
+            steps=steps,
+            loss=DCIGNClampedLoss(net.layout),
+            modules={"decoder": net.decoder},
+            seed=2,
+            checkpoint=path,
+            resume=resume,
+            progress=False,
+        )
+        return result, net
+
+    whole, whole_net = run(6, tmp_path / "a.pt")
+    run(3, tmp_path / "b.pt")
+    resumed, resumed_net = run(6, tmp_path / "b.pt", resume=tmp_path / "b.pt", init_seed=1)
+    assert resumed.losses == whole.losses
+    for (name, a), (_, b) in zip(
+        whole_net.state_dict().items(), resumed_net.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+# --------------------------------------------------------------------------------------------
+# mu-VAE objectives
+# --------------------------------------------------------------------------------------------
+
+
+def muvae_setup(n: int = 32):
+    from probgraphics.data import procedural_shapes
+    from probgraphics.programs.voxel import voxel
+
+    torch.manual_seed(0)
+    net = MuVAE(TINY_MUVAE)
+    program = voxel(net, texturizer=True)
+    guide = EncoderGuide(net, program, site_layout={"shape": range(4)})
+    shapes = procedural_shapes(n, resolution=16, seed=0)
+    return net, program, guide, shapes
+
+
+@pytest.mark.parametrize("objective", ["mu", "beta", "elbo"])
+def test_muvae_objectives_train_and_decrease(objective):
+    net, program, guide, shapes = muvae_setup()
+    loss = MuVAEObjective(net, 32, objective=objective, beta=2.0)
+    batches = ShuffledBatches(shapes.images, 16, seed=0)
+    result = train_guide(
+        program, guide, batches, steps=30, loss=loss, lr=3e-3, seed=0, progress=False
+    )
+    assert sum(result.losses[-6:]) < sum(result.losses[:6])
+    assert result.params["azimuth_latent_mean"].shape == (32, 2)
+    std = result.params["azimuth_latent_std"]
+    assert bool((std > 0).all())
+    if objective == "mu":
+        assert bool((std < 1).all())
+
+
+@pytest.mark.parametrize("azimuth", ["uniform", "fixed"])
+def test_muvae_objective_without_per_image_latents_runs(azimuth):
+    net, program, guide, shapes = muvae_setup()
+    loss = MuVAEObjective(net, 32, azimuth=azimuth)
+    result = train_guide(program, guide, shapes.images[:8], steps=2, loss=loss, progress=False)
+    assert len(result.losses) == 2 and result.params == {}
+
+
+def test_muvae_objective_checks_its_input():
+    net, program, guide, shapes = muvae_setup()
+    with pytest.raises(ValueError, match="needs each batch's `indices`"):
+        train_guide(
+            program, guide, shapes.images[:8], steps=1, loss=MuVAEObjective(net, 32), progress=False
+        )
+    unbounded = MuVAE(
+        MuVAEConfig(
+            voxel_size=16,
+            encoder_channels=(4,),
+            shape_code_size=4,
+            decoder_channels=(4, 4),
+            texturizer=False,
+            bounded_std=False,
+        )
+    )
+    with pytest.raises(ValueError, match="bounded_std=True"):
+        MuVAEObjective(unbounded, 8, objective="mu")
+    with pytest.raises(ValueError, match="objective must be one of"):
+        MuVAEObjective(net, 8, objective="aae")
+
+
+# --------------------------------------------------------------------------------------------
+# Minibatches of a fixed set
+# --------------------------------------------------------------------------------------------
+
+
+def test_shuffled_batches_cover_each_epoch_once_and_are_a_function_of_the_step():
+    images = torch.arange(10.0).reshape(10, 1, 1, 1)
+    batches = ShuffledBatches(images, 3, seed=4)
+    assert len(batches) == 3
+    for epoch in range(2):
+        seen = torch.cat([batches(epoch * 3 + k)["indices"] for k in range(3)])
+        assert len(set(seen.tolist())) == 9  # 9 distinct images; one dropped per epoch
+    fresh = ShuffledBatches(images, 3, seed=4)
+    for step in (5, 0, 7):
+        torch.testing.assert_close(fresh(step)["indices"], batches(step)["indices"])
+        torch.testing.assert_close(
+            fresh(step)["images"].reshape(-1), fresh(step)["indices"].float()
+        )
+    assert not torch.equal(batches(0)["indices"], batches(3)["indices"])
+    with pytest.raises(ValueError, match="batch_size"):
+        ShuffledBatches(images, 11, seed=0)
+
+
+def test_stepwise_factor_batches_follow_the_ratio_and_replay_by_step():
+    from probgraphics.data import one_factor_batches
+    from probgraphics.programs import face
+
+    source = one_factor_batches(face(resolution=16), 4, seed=0)
+    batches = training.StepwiseFactorBatches(source, seed=3)
+    fresh = training.StepwiseFactorBatches(source, seed=3)
+    late = fresh(7)  # reached without rendering steps 0..6
+    torch.testing.assert_close(late.images, batches(7).images, rtol=0, atol=0)
+    assert late.factor == batches.plan(7)[0]
+    n = 1300
+    factors = [batches.plan(step)[0] for step in range(n)]
+    share = factors.count("intrinsic") / n
+    # Ratio 1:1:1:10 -> p = 10/13; tolerance 5 binomial standard errors.
+    p = 10 / 13
+    assert abs(share - p) < 5 * math.sqrt(p * (1 - p) / n)
+    assert set(factors) == {"azimuth", "elevation", "light", "intrinsic"}
+
+
+# --------------------------------------------------------------------------------------------
+# Recipes
+# --------------------------------------------------------------------------------------------
+
+
+def test_dcign_recipe_writes_weights_and_model_card_loadable_by_name(tmp_path):
+    out = tmp_path / "dcign-face-64.pt"
+    result = training.RECIPES["dcign-face-64"](
+        out,
+        steps=3,
+        seed=1,
+        batch_size=4,
+        progress=False,
+        config=DCIGNConfig(
+            image_size=16,
+            channels=(4,),
+            decoder_channels=(4,),
+            padding=2,
+            code_size=8,
+            decoder_kernel=3,
+        ),
+        evaluation_scenes=8,
+        command="probgraphics train dcign-face-64 --steps 3",
+    )
+    assert result.steps == 3 and len(result.losses) == 3
+    card = json.loads((tmp_path / "dcign-face-64.json").read_text())
+    assert card["command"] == "probgraphics train dcign-face-64 --steps 3"
+    assert card["steps"] == 3 and card["config"]["channels"] == [4]
+    evaluation = card["evaluation"]
+    for mode in ("one_factor", "within_batch", "random"):
+        correlations = evaluation[f"correlation_{mode}"]
+        assert set(correlations) == {"azimuth", "elevation", "light"}
+        assert all(-1 <= r <= 1 for r in correlations.values() if not isinstance(r, str))
+    assert card["evaluation"]["reconstruction_mse"] > 0
+    assert (tmp_path / "dcign-face-64.md").read_text().startswith("# dcign-face-64")
+    assert model_card("dcign-face-64", tmp_path)["steps"] == 3
+    summary = pretrained("dcign-face-64", directory=tmp_path)
+    assert summary(torch.rand(2, 1, 16, 16)).shape == (2, 8)
+
+
+def test_muvae_recipe_writes_weights_with_the_azimuth_parameters(tmp_path):
+    from probgraphics.nets import load_checkpoint
+
+    out = tmp_path / "muvae-shapes.pt"
+    training.RECIPES["muvae-shapes"](
+        out,
+        steps=2,
+        seed=0,
+        batch_size=8,
+        progress=False,
+        n_shapes=16,
+        config=TINY_MUVAE,
+        evaluation_shapes=8,
+    )
+    module, _, extra = load_checkpoint(out, expected_kind="muvae")
+    assert isinstance(module, MuVAE)
+    assert extra["azimuth_latent_mean"].shape == (16, 2)
+    card = json.loads((tmp_path / "muvae-shapes.json").read_text())
+    assert 0 <= card["evaluation"]["held_out"]["iou_global_rotation"] <= 1
+    assert "azimuth" in card["evaluation"]["training"]
+
+
+def test_recipes_validate_their_arguments(tmp_path):
+    with pytest.raises(ValueError, match="steps"):
+        training.dcign_face_64(tmp_path / "x.pt", steps=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        training.dcign_face_64(tmp_path / "x.pt", steps=1, batch_size=1)
+    with pytest.raises(ValueError, match="n_shapes"):
+        training.muvae_shapes(tmp_path / "x.pt", steps=1, batch_size=8, n_shapes=4)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation helpers
+# --------------------------------------------------------------------------------------------
+
+
+def test_pearson_matches_numpy():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(50, generator=generator)
+    y = 0.5 * x + torch.randn(50, generator=generator)
+    assert pearson(x, y) == pytest.approx(np.corrcoef(x.numpy(), y.numpy())[0, 1], abs=1e-12)
+    assert math.isnan(pearson(torch.ones(5), torch.arange(5.0)))
+
+
+def test_azimuth_error_fits_a_global_offset_and_mirror():
+    true = torch.linspace(-3.0, 3.0, 40)
+    shifted = torch.remainder(true + 1.0 + math.pi, 2 * math.pi) - math.pi
+    fit = azimuth_error(shifted, true)
+    assert fit["mean_abs_deg"] < 1e-3 and fit["offset_deg"] == pytest.approx(57.2958, abs=1e-2)
+    assert not fit["mirrored"]
+    assert azimuth_error(-true + 0.3, true)["mirrored"]
+    assert azimuth_error(-true + 0.3, true)["mean_abs_deg"] < 1e-3
+
+
+def test_voxel_iou_counts_occupied_voxels():
+    a = torch.zeros(2, 4, 4, 4)
+    b = torch.zeros(2, 4, 4, 4)
+    a[0, :2] = 1.0  # 32 voxels
+    b[0, 1:3] = 1.0  # 32 voxels, 16 shared
+    torch.testing.assert_close(voxel_iou(a, b), torch.tensor([16 / 48, 1.0]))
+
+
+def test_evaluate_muvae_reports_iou_and_azimuth_error():
+    net, _, _, shapes = muvae_setup(8)
+    result = evaluate_muvae(net, shapes, azimuth_latent_mean=torch.zeros(8, 2), rotations=4)
+    assert 0 <= result["iou"] <= result["iou_global_rotation"] <= 1
+    assert set(result["iou_per_class"]) <= set(shapes.classes)
+    assert result["azimuth"]["mean_abs_deg"] >= 0
