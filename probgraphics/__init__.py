@@ -22,7 +22,16 @@ from probgraphics import programs  # noqa: E402
 from probgraphics.api import infer  # noqa: E402
 from probgraphics.config import set_num_threads  # noqa: E402
 from probgraphics.inference.posterior import Posterior  # noqa: E402
+from probgraphics.inference.svi import TrainResult, train_guide  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Posterior", "__version__", "infer", "programs", "set_num_threads"]
+__all__ = [
+    "Posterior",
+    "TrainResult",
+    "__version__",
+    "infer",
+    "programs",
+    "set_num_threads",
+    "train_guide",
+]

@@ -73,22 +73,12 @@ def _evaluation_mode(module: nn.Module) -> Iterator[None]:
 
 def _resolve_network(model, expected: type, default_name: str, program: str) -> nn.Module:
     """``model`` as a module of class ``expected``: a module is checked, a name (or ``None`` for
-    ``default_name``) is looked up with ``probgraphics.nets.pretrained`` where that exists."""
+    ``default_name``) is loaded with ``probgraphics.nets.pretrained(name, kind="model")``."""
     if model is None or isinstance(model, str):
         name = default_name if model is None else model
-        from probgraphics import nets
+        from probgraphics.nets.pretrained import pretrained
 
-        lookup = getattr(nets, "pretrained", None)
-        if lookup is None:
-            raise ValueError(
-                f"{program}(): cannot load the bundled network {name!r}: this installation has "
-                "no probgraphics.nets.pretrained. Pass the network itself, e.g. "
-                f"{program}(model={expected.__name__}(config)) or "
-                f"{program}(model=probgraphics.nets.load_checkpoint(path).module)."
-            )
-        model = lookup(name)
-        # Accept a bare module or a LoadedCheckpoint-like (module, config, extra) triple.
-        model = getattr(model, "module", model)
+        model = pretrained(name, kind="model")
     if not isinstance(model, expected):
         raise TypeError(
             f"{program}(): model must be a {expected.__name__} module or the name of a bundled "

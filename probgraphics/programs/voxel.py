@@ -60,7 +60,7 @@ from probgraphics.render.voxel import project, rotate_about_vertical
 __all__ = ["VoxelProgram", "voxel", "DEFAULT_MUVAE", "AZIMUTH_PRIORS"]
 
 #: The bundled network ``voxel()`` uses when no ``model`` is given (once bundled weights exist).
-DEFAULT_MUVAE = "muvae-28"
+DEFAULT_MUVAE = "muvae-shapes"
 
 #: The ways the azimuth can be modelled (seed 004 sec. 3.2 cases 2b, 2a and 1).
 AZIMUTH_PRIORS = ("latent", "uniform", "fixed")

@@ -7,7 +7,6 @@ import pyro.poutine as poutine
 import pytest
 import torch
 
-from probgraphics import nets
 from probgraphics.nets import DCIGN, CodeLayout, DCIGNConfig
 from probgraphics.programs import simulate
 from probgraphics.programs.dcign import DCIGNProgram, dcign
@@ -146,9 +145,9 @@ def test_validation(net, monkeypatch):
         program.render(**{**groups, "intrinsic": torch.zeros(2, 3)})
     with pytest.raises(ValueError, match="broadcast"):
         program.render(**{**groups, "azimuth": torch.zeros(3, 1)})
-    monkeypatch.delattr(nets, "pretrained", raising=False)
-    with pytest.raises(ValueError, match="pretrained"):
-        dcign("dcign-face-64")
+    # A name with no bundled weights: the error lists what is bundled.
+    with pytest.raises(KeyError, match="no-such-network"):
+        dcign("no-such-network")
 
 
 @pytest.mark.gpu

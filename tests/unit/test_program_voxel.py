@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pyro
@@ -10,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from probgraphics import nets
 from probgraphics.nets import MuVAE, MuVAEConfig
 from probgraphics.programs import simulate
 from probgraphics.programs.registry import available, get
@@ -210,25 +210,24 @@ def test_validation(net):
         program.render(shape=torch.zeros(2, K), angle=torch.zeros(3))
 
 
-def test_named_model_without_bundled_weights_is_a_clear_error(monkeypatch):
-    monkeypatch.delattr(nets, "pretrained", raising=False)
-    with pytest.raises(ValueError, match="pretrained"):
-        voxel("muvae-28")
-    with pytest.raises(ValueError, match="Pass the network itself"):
-        voxel()
+def test_named_model_without_bundled_weights_is_a_clear_error():
+    with pytest.raises(KeyError, match="no-such-network"):
+        voxel("no-such-network")
 
 
-def test_named_model_is_looked_up_when_pretrained_exists(net, monkeypatch):
+def test_named_model_is_loaded_as_a_whole_network(net, monkeypatch):
     asked = []
 
-    def pretrained(name):
-        asked.append(name)
+    def pretrained(name, *, kind):
+        asked.append((name, kind))
         return net
 
-    monkeypatch.setattr(nets, "pretrained", pretrained, raising=False)
+    # nets.pretrained is the function; the module that defines it is patched.
+    module = importlib.import_module("probgraphics.nets.pretrained")
+    monkeypatch.setattr(module, "pretrained", pretrained)
     assert voxel("my-muvae").model is net
     assert voxel().model is net
-    assert asked == ["my-muvae", "muvae-28"]
+    assert asked == [("my-muvae", "model"), ("muvae-shapes", "model")]
 
 
 @pytest.mark.gpu
