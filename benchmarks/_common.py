@@ -1,14 +1,15 @@
-"""Shared by the benchmark scripts: a plain-text table printer and an atomic JSON writer."""
+"""Shared by the benchmark scripts: a plain-text table printer and atomic JSON writers."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from probgraphics.atomic import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -48,18 +49,18 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def write_json_atomically(path: Path, payload: dict, *, default=None) -> Path:
+    """Write ``payload`` as indented JSON to ``path`` atomically (folders created); returns it.
+
+    ``default`` is ``json.dumps``'s: what to turn values JSON cannot hold into (``str`` for
+    anything printable); without it such a value is an error and nothing is written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(path, json.dumps(payload, indent=2, default=default), fsync=False)
+
+
 def write_json(name: str, payload: dict, directory: Path = RESULTS) -> Path:
     """Write ``payload`` (plus machine info) to ``directory/name.json`` atomically."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.json"
     payload = {"machine": machine(), **payload}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_json_atomically(directory / f"{name}.json", payload, default=str)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import os
 import platform
 import sys
 import tempfile
@@ -37,7 +35,11 @@ import probgraphics as pg
 from probgraphics.config import set_num_threads
 from probgraphics.programs.toy import linear_gaussian
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# The script's folder is on sys.path when it runs as a script, not when it is imported.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import RESULTS, write_json_atomically  # noqa: E402
+
 DIM = 10
 C2ST_SAMPLES = 1000  # the same for every method at 1e5 (rejection keeps 1000)
 
@@ -229,17 +231,6 @@ def peers() -> dict:
 
 
 # ---------------------------------------------------------------------------- main
-
-
-def write_json_atomically(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(json.dumps(payload, indent=2))
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -480,6 +480,23 @@ class _Space:
         in_z = self._interval(self.z, *z)
         return in_y[:, :, None, None] & in_z[:, None, :, None] & in_x[:, None, None, :]
 
+    def corner_legs(self, half_width: Tensor, half_depth: Tensor, leg: Tensor, y: tuple) -> Tensor:
+        """Four square legs of side ``leg`` spanning heights ``y`` (a ``(low, high)`` pair), one
+        flush with each corner of the ``2 half_width x 2 half_depth`` footprint."""
+        legs = []
+        for sx in (-1.0, 1.0):
+            for sz in (-1.0, 1.0):
+                x_edge, z_edge = sx * half_width, sz * half_depth
+                x_inner, z_inner = x_edge - sx * leg, z_edge - sz * leg
+                legs.append(
+                    self.box(
+                        (torch.minimum(x_edge, x_inner), torch.maximum(x_edge, x_inner)),
+                        y,
+                        (torch.minimum(z_edge, z_inner), torch.maximum(z_edge, z_inner)),
+                    )
+                )
+        return legs[0] | legs[1] | legs[2] | legs[3]
+
     def _radius_squared(self, centre_x: Tensor | float = 0.0) -> Tensor:
         """``(m or 1, R_z, R_x)`` squared distance from the vertical axis through (centre_x, 0)."""
         dx = self.x - (centre_x[:, None] if isinstance(centre_x, Tensor) else centre_x)
@@ -545,16 +562,7 @@ def _chairs(space: _Space, m: int, g: torch.Generator) -> Tensor:
         (seat_high, seat_high + back_height),
         (-half_depth, -half_depth + back),
     )
-    for sx in (-1.0, 1.0):
-        for sz in (-1.0, 1.0):
-            x_edge, z_edge = sx * half_width, sz * half_depth
-            x_inner, z_inner = x_edge - sx * leg, z_edge - sz * leg
-            shape |= space.box(
-                (torch.minimum(x_edge, x_inner), torch.maximum(x_edge, x_inner)),
-                (bottom, seat_low),
-                (torch.minimum(z_edge, z_inner), torch.maximum(z_edge, z_inner)),
-            )
-    return shape
+    return shape | space.corner_legs(half_width, half_depth, leg, (bottom, seat_low))
 
 
 def _tables(space: _Space, m: int, g: torch.Generator) -> Tensor:
@@ -567,16 +575,7 @@ def _tables(space: _Space, m: int, g: torch.Generator) -> Tensor:
     bottom = -(leg_height + top) / 2
     top_low = bottom + leg_height
     shape = space.box((-half_width, half_width), (top_low, -bottom), (-half_depth, half_depth))
-    for sx in (-1.0, 1.0):
-        for sz in (-1.0, 1.0):
-            x_edge, z_edge = sx * half_width, sz * half_depth
-            x_inner, z_inner = x_edge - sx * leg, z_edge - sz * leg
-            shape |= space.box(
-                (torch.minimum(x_edge, x_inner), torch.maximum(x_edge, x_inner)),
-                (bottom, top_low),
-                (torch.minimum(z_edge, z_inner), torch.maximum(z_edge, z_inner)),
-            )
-    return shape
+    return shape | space.corner_legs(half_width, half_depth, leg, (bottom, top_low))
 
 
 def _cups(space: _Space, m: int, g: torch.Generator) -> Tensor:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from probgraphics.atomic import atomic_path
 
 __all__ = ["image_grid", "save_figure", "trace_figure"]
 
@@ -75,15 +76,9 @@ def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110) -> Path:
     """Write ``fig`` to ``path`` atomically (temporary file, then rename); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        with atomic_path(path, fsync=False) as temporary:
+            fig.savefig(temporary, dpi=dpi, format=path.suffix.lstrip(".") or "png")
     finally:
         _release(fig)
     return path

@@ -29,7 +29,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ import pyro.poutine as poutine
 import torch
 from torch.distributions import constraints, kl_divergence
 
+from probgraphics.atomic import atomic_write_text
 from probgraphics.inference.svi import TrainResult, train_guide
 from probgraphics.nets.checkpoint import save_checkpoint
 from probgraphics.nets.clamped import clamp_inactive
@@ -451,30 +451,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; a model card is package data
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_model_card(out_path: str | os.PathLike, card: Mapping[str, Any]) -> tuple[Path, Path]:
     """Write ``card`` as ``<stem>.json`` and a markdown rendering as ``<stem>.md`` next to
-    ``out_path`` (atomically). Returns the two paths."""
+    ``out_path`` (atomically; readable by all, less the umask: a model card is package data).
+    Returns the two paths."""
     out_path = Path(out_path)
     card = _plain(dict(card))
     json_path = out_path.with_suffix(".json")
     md_path = out_path.with_suffix(".md")
-    _atomic_write_text(json_path, json.dumps(card, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(json_path, json.dumps(card, indent=2, sort_keys=False) + "\n")
     lines = [f"# {card.get('name', out_path.stem)}", ""]
     if card.get("description"):
         lines += [str(card["description"]), ""]
@@ -503,7 +488,7 @@ def write_model_card(out_path: str | os.PathLike, card: Mapping[str, Any]) -> tu
                 "```",
                 "",
             ]
-    _atomic_write_text(md_path, "\n".join(lines))
+    atomic_write_text(md_path, "\n".join(lines))
     return json_path, md_path
 
 
@@ -544,6 +529,40 @@ def _card(
         "pyro_version": str(pyro.__version__),
         "python": platform.python_version(),
     }
+
+
+def _save_recipe_outputs(
+    out_path: Path,
+    recipe: str,
+    net: torch.nn.Module,
+    result: TrainResult,
+    *,
+    kind: str,
+    extra: Mapping[str, Any],
+    command: str | None,
+    steps: int,
+    seed: int,
+    batch_size: int,
+    training: Mapping[str, Any],
+    evaluation: Mapping[str, Any] | None,
+    description: str,
+) -> None:
+    """Write a recipe's trained ``net`` to ``out_path`` (``nets.save_checkpoint``, ``kind``) and
+    its model card next to it; ``command`` defaults to the recipe's own call."""
+    save_checkpoint(out_path, net, net.config, kind=kind, extra=extra)
+    card = _card(
+        out_path.stem,
+        recipe,
+        result,
+        command=command or _default_command(recipe, out_path, steps, seed, batch_size),
+        batch_size=batch_size,
+        seed=seed,
+        config=net.config.to_dict(),
+        training=training,
+        evaluation=evaluation,
+        description=description,
+    )
+    write_model_card(out_path, card)
 
 
 def _loss_curve(losses: Sequence[float], points: int = 50) -> list[list[float]]:
@@ -734,21 +753,17 @@ def dcign_face_64(
         from probgraphics.evaluation import evaluate_dcign
 
         evaluation = evaluate_dcign(net, face_program, n=evaluation_scenes, seed=seed + 10_000)
-    save_checkpoint(
+    _save_recipe_outputs(
         out_path,
+        "dcign-face-64",
         net,
-        net.config,
+        result,
         kind="dcign",
         extra={"recipe": "dcign-face-64", "steps": result.steps, "seed": seed},
-    )
-    card = _card(
-        out_path.stem,
-        "dcign-face-64",
-        result,
-        command=command or _default_command("dcign-face-64", out_path, steps, seed, batch_size),
-        batch_size=batch_size,
+        command=command,
+        steps=steps,
         seed=seed,
-        config=net.config.to_dict(),
+        batch_size=batch_size,
         training=training,
         evaluation=evaluation,
         description=(
@@ -759,7 +774,6 @@ def dcign_face_64(
             f"{config.code_size} units: azimuth z1, elevation z2, light z3, intrinsic z4..."
         ),
     )
-    write_model_card(out_path, card)
     return result
 
 
@@ -878,21 +892,23 @@ def muvae_shapes(
     if azimuth_mean is not None:
         extra["azimuth_latent_mean"] = azimuth_mean.detach().cpu()
         extra["azimuth_latent_std"] = azimuth_std.detach().cpu()
-    save_checkpoint(out_path, net, net.config, kind="muvae", extra=extra)
     training = {
         "data": f"procedural_shapes({n_shapes}, resolution={config.voxel_size}, seed={seed})",
         "loss": f"MuVAEObjective(objective={objective!r}, beta={beta}, azimuth='latent')",
         "optimizer": "Adam(betas=(0.9, 0.999))",
         "lr": lr,
     }
-    card = _card(
-        out_path.stem,
+    _save_recipe_outputs(
+        out_path,
         "muvae-shapes",
+        net,
         result,
-        command=command or _default_command("muvae-shapes", out_path, steps, seed, batch_size),
-        batch_size=batch_size,
+        kind="muvae",
+        extra=extra,
+        command=command,
+        steps=steps,
         seed=seed,
-        config=net.config.to_dict(),
+        batch_size=batch_size,
         training=training,
         evaluation=evaluation,
         description=(
@@ -901,7 +917,6 @@ def muvae_shapes(
             f"latent through a tanh net; texturizer on; objective {objective!r}."
         ),
     )
-    write_model_card(out_path, card)
     return result
 
 

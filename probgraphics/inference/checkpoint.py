@@ -3,7 +3,8 @@
 A checkpoint is a dict of tensors and plain Python values saved with ``torch.save`` and read back
 with ``weights_only=True`` (no arbitrary code runs on load). Writing goes to a temporary file in the
 same folder, flushed and fsynced, then ``os.replace``-d onto the target, so a crash mid-write never
-leaves a partial checkpoint: the previous one (or none) stays in place.
+leaves a partial checkpoint: the previous one (or none) stays in place
+(:func:`probgraphics.atomic.atomic_torch_save`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from probgraphics.atomic import atomic_torch_save
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint"]
 
@@ -33,17 +36,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
             "create it first or pass another checkpoint path."
         )
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_torch_save(path, payload)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

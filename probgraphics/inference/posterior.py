@@ -9,13 +9,11 @@ NetCDF file atomically and :meth:`Posterior.load` reads it back into an equal ``
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import math
 import numbers
 import os
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from probgraphics.atomic import atomic_path
 from probgraphics.inference import arviz_adapter
 
 __all__ = ["Posterior", "FORMAT_NAME", "FORMAT_VERSION"]
@@ -538,16 +537,9 @@ class Posterior:
                 "'/' cannot be stored; rename those sites in the program."
             )
         data = self.to_arviz()
-        temporary = directory / f".{path.name}.{uuid.uuid4().hex}.tmp"
-        try:
+        # Synced to disk before the rename makes it visible.
+        with atomic_path(path) as temporary:
             arviz_adapter.write_netcdf(data, temporary)
-            with open(temporary, "rb+") as handle:  # on disk before the rename makes it visible
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
         return path
 
     @classmethod

@@ -31,7 +31,6 @@ import contextlib
 import math
 import os
 import random
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -47,6 +46,9 @@ import torch
 from pyro.infer import ELBO, SVI, Trace_ELBO
 from pyro.poutine.messenger import Messenger
 from torch import nn
+
+from probgraphics.atomic import PRIVATE, atomic_torch_save
+from probgraphics.inference.tracing import sample_sites
 
 __all__ = [
     "LOSSES",
@@ -356,19 +358,7 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 
 def _atomic_save(path: Path, payload: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_torch_save(path, payload, mode=PRIVATE)
 
 
 def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -453,19 +443,7 @@ class _RestoreParams(Messenger):
 
 def _program_info(program: Callable, observed_site: str) -> tuple[tuple[int, ...], int]:
     """Trace the program once: the observed site's event shape and the program's plate depth."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        trace = poutine.trace(program).get_trace()
-    sites = {
-        name: site
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and type(site["fn"]).__name__ != "_Subsample"
-    }
-    if observed_site not in sites:
-        raise ValueError(
-            f"the program has no sample site named {observed_site!r}; its sample sites are "
-            f"{list(sites)}. Pass observed=<its observed site>."
-        )
-    nesting = max((len(site["cond_indep_stack"]) for site in sites.values()), default=0)
+    sites, nesting = sample_sites(program, observed_site, hint="its observed site")
     return tuple(sites[observed_site]["value"].shape), nesting
 
 

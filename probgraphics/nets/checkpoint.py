@@ -28,13 +28,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+
+from probgraphics.atomic import PRIVATE, atomic_torch_save
 
 __all__ = [
     "CheckpointError",
@@ -278,8 +279,9 @@ def save_checkpoint(
 ) -> Path:
     """Write ``module``'s weights and the ``config`` that built it to ``path``, atomically.
 
-    The file is written to a temporary file in the same folder and renamed into place with
-    ``os.replace``, so ``path`` holds either its old content or the whole new checkpoint, never a
+    The file is written to a temporary file in the same folder, synced and renamed into place
+    with ``os.replace`` (:func:`probgraphics.atomic.atomic_torch_save`; owner-only permissions,
+    ``0o600``), so ``path`` holds either its old content or the whole new checkpoint, never a
     partial one. Tensors are moved to CPU (the module itself is not changed).
 
     Args:
@@ -332,23 +334,7 @@ def save_checkpoint(
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        # Leave nothing half-written behind: the old file (if any) is untouched.
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return atomic_torch_save(path, payload, mode=PRIVATE)
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,7 +26,14 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["render", "vertex_normals", "edge_coefficients", "box_candidates"]
+__all__ = [
+    "render",
+    "vertex_normals",
+    "edge_coefficients",
+    "box_candidates",
+    "triangle_boxes",
+    "triangle_edges",
+]
 
 # Candidate pixels per chunk: bounds the memory of the visibility pass (about 20 tensors of this
 # many elements are alive at once, ~20 MB in float32).
@@ -137,6 +144,61 @@ def edge_coefficients(
     return ox, oy, gx, gy, top_left
 
 
+def triangle_boxes(
+    ax: Tensor, ay: Tensor, bx: Tensor, by: Tensor, cx: Tensor, cy: Tensor, height: int, width: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Twice the signed area of each triangle and the pixels its bounding box covers.
+
+    Args:
+        ax, ay, bx, by, cx, cy: corner coordinates (column, row) in continuous pixel units, any
+            one shape, one floating dtype.
+        height, width: the pixel grid; pixel ``(row, col)`` has its centre at
+            ``(col + 0.5, row + 0.5)``.
+
+    Returns:
+        ``area2`` (floating), ``row_min, row_max, col_min, col_max`` (int64, inclusive bounds
+        of the pixel centres inside the box, clipped to the grid) and ``usable`` (bool: the area
+        is finite and non-zero and the clipped box is not empty), all of the corners' shape.
+    """
+    area2 = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+    # Clamping before rounding keeps huge finite coordinates from overflowing the integer cast.
+    x_low = torch.minimum(torch.minimum(ax, bx), cx) - 0.5
+    x_high = torch.maximum(torch.maximum(ax, bx), cx) - 0.5
+    y_low = torch.minimum(torch.minimum(ay, by), cy) - 0.5
+    y_high = torch.maximum(torch.maximum(ay, by), cy) - 0.5
+    col_min = torch.ceil(x_low.clamp(0, width)).long()
+    col_max = torch.floor(x_high.clamp(-1, width - 1)).long()
+    row_min = torch.ceil(y_low.clamp(0, height)).long()
+    row_max = torch.floor(y_high.clamp(-1, height - 1)).long()
+    usable = (area2 != 0) & torch.isfinite(area2)
+    usable &= (col_min <= col_max) & (row_min <= row_max)
+    return area2, row_min, row_max, col_min, col_max, usable
+
+
+def triangle_edges(
+    ax: Tensor, ay: Tensor, bx: Tensor, by: Tensor, cx: Tensor, cy: Tensor, area2: Tensor
+) -> tuple[list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]], Tensor]:
+    """The three edge functions of each triangle and ``1 / |area2|``.
+
+    Args:
+        ax, ay, bx, by, cx, cy: ``(N,)`` corner coordinates; area2: ``(N,)`` twice the signed
+            area (non-zero), as :func:`triangle_boxes` gives it.
+
+    Returns:
+        ``edges``: three :func:`edge_coefficients` tuples, the k-th for the edge opposite corner
+        k (a, b, c), so its value at a point over ``|area2|`` is that corner's barycentric
+        weight; and ``inverse_area`` ``(N,)``.
+    """
+    sign = torch.where(area2 > 0, torch.ones_like(area2), -torch.ones_like(area2))
+    inverse_area = 1.0 / (sign * area2)
+    edges = [
+        edge_coefficients(bx, by, cx, cy, sign),
+        edge_coefficients(cx, cy, ax, ay, sign),
+        edge_coefficients(ax, ay, bx, by, sign),
+    ]
+    return edges, inverse_area
+
+
 def box_candidates(
     row_min: Tensor, row_max: Tensor, col_min: Tensor, col_max: Tensor
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
@@ -190,22 +252,13 @@ def _visible_faces(
     ax, ay, da = screen_x[:, ia], screen_y[:, ia], depth[:, ia]
     bx, by, db = screen_x[:, ib], screen_y[:, ib], depth[:, ib]
     cx, cy, dc = screen_x[:, ic], screen_y[:, ic], depth[:, ic]
-    area2 = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
-    keep = drawable[:, ia] & drawable[:, ib] & drawable[:, ic]
-    keep &= (area2 != 0) & torch.isfinite(area2)
+    area2, row_min, row_max, col_min, col_max, keep = triangle_boxes(
+        ax, ay, bx, by, cx, cy, height, width
+    )
+    keep &= drawable[:, ia] & drawable[:, ib] & drawable[:, ic]
     if cull_backfaces:
         # Rows grow downward, so a front (counter-clockwise in y-up) face has negative area here.
         keep &= area2 < 0
-    # Clamping before rounding keeps huge finite coordinates from overflowing the integer cast.
-    x_low = torch.minimum(torch.minimum(ax, bx), cx) - 0.5
-    x_high = torch.maximum(torch.maximum(ax, bx), cx) - 0.5
-    y_low = torch.minimum(torch.minimum(ay, by), cy) - 0.5
-    y_high = torch.maximum(torch.maximum(ay, by), cy) - 0.5
-    col_min = torch.ceil(x_low.clamp(0, width)).long()
-    col_max = torch.floor(x_high.clamp(-1, width - 1)).long()
-    row_min = torch.ceil(y_low.clamp(0, height)).long()
-    row_max = torch.floor(y_high.clamp(-1, height - 1)).long()
-    keep &= (col_min <= col_max) & (row_min <= row_max)
 
     scene, face = keep.nonzero(as_tuple=True)
     n_pixels = n_scenes * height * width
@@ -216,14 +269,7 @@ def _visible_faces(
         return t[scene, face]
 
     ax, ay, bx, by, cx, cy = (pick(t) for t in (ax, ay, bx, by, cx, cy))
-    area2 = pick(area2)
-    sign = torch.where(area2 > 0, torch.ones_like(area2), -torch.ones_like(area2))
-    inverse_area = 1.0 / (sign * area2)
-    edges = [
-        edge_coefficients(bx, by, cx, cy, sign),  # opposite vertex a: its barycentric weight
-        edge_coefficients(cx, cy, ax, ay, sign),
-        edge_coefficients(ax, ay, bx, by, sign),
-    ]
+    edges, inverse_area = triangle_edges(ax, ay, bx, by, cx, cy, pick(area2))
     params = torch.stack(
         [t for edge in edges for t in edge[:4]] + [inverse_area, pick(da), pick(db), pick(dc)],
         dim=1,

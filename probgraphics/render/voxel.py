@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from probgraphics.render._torch_raster import box_candidates, edge_coefficients
+from probgraphics.render._torch_raster import box_candidates, triangle_boxes, triangle_edges
 from probgraphics.render.mesh import _check_faces
 
 __all__ = ["rotate_about_vertical", "project", "voxelize"]
@@ -184,18 +184,10 @@ def voxelize(
         ax, ay = grid_x[:, ia], grid_y[:, ia]
         bx, by = grid_x[:, ib], grid_y[:, ib]
         cx, cy = grid_x[:, ic], grid_y[:, ic]
-        area2 = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
-        keep = usable[:, ia] & usable[:, ib] & usable[:, ic] & (area2 != 0)
-        keep &= torch.isfinite(area2)
-        x_low = torch.minimum(torch.minimum(ax, bx), cx) - 0.5
-        x_high = torch.maximum(torch.maximum(ax, bx), cx) - 0.5
-        y_low = torch.minimum(torch.minimum(ay, by), cy) - 0.5
-        y_high = torch.maximum(torch.maximum(ay, by), cy) - 0.5
-        col_min = torch.ceil(x_low.clamp(0, size)).long()
-        col_max = torch.floor(x_high.clamp(-1, size - 1)).long()
-        row_min = torch.ceil(y_low.clamp(0, size)).long()
-        row_max = torch.floor(y_high.clamp(-1, size - 1)).long()
-        keep &= (col_min <= col_max) & (row_min <= row_max)
+        area2, row_min, row_max, col_min, col_max, keep = triangle_boxes(
+            ax, ay, bx, by, cx, cy, size, size
+        )
+        keep &= usable[:, ia] & usable[:, ib] & usable[:, ic]
         scene, face = keep.nonzero(as_tuple=True)
 
         # crossings[n, j, i, k]: hits in column (j, i) whose first voxel above them is k (k = R:
@@ -207,14 +199,7 @@ def voxelize(
                 return t[scene, face]
 
             ax, ay, bx, by, cx, cy = (pick(t) for t in (ax, ay, bx, by, cx, cy))
-            area2 = pick(area2)
-            sign = torch.where(area2 > 0, torch.ones_like(area2), -torch.ones_like(area2))
-            inverse_area = 1.0 / (sign * area2)
-            edges = [
-                edge_coefficients(bx, by, cx, cy, sign),
-                edge_coefficients(cx, cy, ax, ay, sign),
-                edge_coefficients(ax, ay, bx, by, sign),
-            ]
+            edges, inverse_area = triangle_edges(ax, ay, bx, by, cx, cy, pick(area2))
             za, zb, zc = (grid_z[scene, faces[face, k]] for k in range(3))
             for tri, row, col in box_candidates(
                 pick(row_min), pick(row_max), pick(col_min), pick(col_max)
