@@ -15,6 +15,7 @@ import math
 import numbers
 import os
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,7 +23,12 @@ from typing import Any
 
 import torch
 
-from probgraphics.inference.distances import DISTANCES, check_distance_spec, distance_name
+from probgraphics.inference.distances import (
+    DISTANCES,
+    check_distance_spec,
+    distance_name,
+    resolve_distance,
+)
 from probgraphics.inference.kernels.elliptical import ABC_KERNELS
 from probgraphics.inference.kernels.elliptical_slice import DEFAULT_MAX_SHRINKS
 from probgraphics.inference.posterior import Posterior
@@ -36,6 +42,7 @@ from probgraphics.inference.runner import (
     load_run,
     prepare,
 )
+from probgraphics.inference.simulator import Simulator
 from probgraphics.inference.summaries import SUMMARIES, resolve_summary, summary_name
 from probgraphics.inference.whitening import (
     WhiteningError,
@@ -123,8 +130,8 @@ def infer(program: Callable[[], Any], observation: Any, method: str = "abc_mcmc"
         observation: a tensor for the site ``"image"`` (``(C, H, W)``, float in [0, 1]), or a
             dict site name -> tensor (the site's shape, unbatched).
         method: ``"abc_mcmc"`` (elliptical proposals, default), ``"abc_slice"`` (elliptical
-            slice sampling), ``"abc_rejection"``, or any method registered with
-            :func:`register_method`.
+            slice sampling), ``"abc_rejection"``, ``"guide"`` (a trained guide's amortized
+            posterior), or any method registered with :func:`register_method`.
         **options: keyword-only method options. ABC-MCMC methods: ``chains`` (64), ``draws``
             (500), ``warmup`` (500), ``thin`` (1), ``epsilon`` (None: annealed adaptively
             during warm-up while the chains still move; a number: that tolerance),
@@ -132,16 +139,30 @@ def infer(program: Callable[[], Any], observation: Any, method: str = "abc_mcmc"
             ``summary`` (None: pixels for images, identity otherwise;
             or a callable ``(B, ...) -> (B, K)``), ``distance`` (``"standardized_l2"``, ``"l2"``,
             ``"l1"`` or a callable), ``abc_kernel`` (``"gaussian"`` or ``"indicator"``),
-            ``init`` (``"pilot"``, ``"prior"`` or a dict site -> ``(chains, *event)`` values),
+            ``init`` (``"pilot"``, ``"prior"``, ``"guide"`` with ``guide=``, or a dict site ->
+            ``(chains, *event)`` values),
             ``seed`` (None: random, recorded in the settings), ``device`` (``"cpu"``,
             ``"cuda"``, ...), ``progress``, ``checkpoint`` (a path), ``checkpoint_every``,
             ``resume`` (a checkpoint path), ``pilot_size``, ``batch_size``,
             ``observation_noise`` (``"auto"``, ``"whitened"``, ``"fresh"``),
             ``anneal_fraction``, ``precondition`` (True: centre the moves on a Gaussian fitted
             to the chains during warm-up; False: the paper's plain moves); ``abc_mcmc`` adds
-            ``target_acceptance``, ``abc_slice`` adds ``max_shrinks``. ``abc_rejection``:
-            ``simulations``, ``keep_fraction``, ``summary``, ``distance``, ``seed``, ``device``,
-            ``progress``, ``batch_size``, ``pilot_size``.
+            ``target_acceptance``, ``abc_slice`` adds ``max_shrinks``. ``init="guide"`` with
+            ``guide=`` a trained guide (an ``EncoderGuide``) starts the chains from independent
+            draws of the guide's q(z | observation) (seed 000's coarse-to-fine; latents the
+            guide leaves out start from the prior; the pilot still runs, for the standardized
+            distance's scale). ``abc_rejection``: ``simulations``, ``keep_fraction``,
+            ``summary``, ``distance``, ``seed``, ``device``, ``progress``, ``batch_size``,
+            ``pilot_size``. ``guide`` (amortized inference, no MCMC): ``guide`` (required: an
+            ``EncoderGuide``, or any object with ``.posterior(images, num_samples,
+            generator=)``), ``chains`` (4), ``draws`` (1000), ``seed``; the draws of q are
+            independent, so chains are only a reshaping of ``chains * draws`` draws. Its
+            sample statistics: ``accepted`` all True, ``epsilon`` NaN, and ``distance`` NaN
+            unless ``summary`` is given (default None: nothing is simulated); with a summary,
+            each draw is simulated (fresh observation noise; latents the guide leaves out from
+            their prior) and its ``distance`` (``"standardized_l2"`` after a pilot of
+            ``pilot_size`` prior simulations, as ABC's) recorded, so it compares with ABC's
+            distances; ``batch_size``, ``device``, ``progress`` apply to that simulation.
 
     Returns:
         A :class:`~probgraphics.inference.posterior.Posterior` (CPU tensors).
@@ -433,6 +454,7 @@ _ABC_COMMON_OPTIONS: dict[str, Any] = {
     "observation_noise": "auto",
     "anneal_fraction": 0.5,
     "precondition": True,
+    "guide": None,
 }
 _ABC_MCMC_OPTIONS = {**_ABC_COMMON_OPTIONS, "target_acceptance": 0.25}
 _ABC_SLICE_OPTIONS = {**_ABC_COMMON_OPTIONS, "max_shrinks": DEFAULT_MAX_SHRINKS}
@@ -453,11 +475,11 @@ def _check_init(
     init: Any, layout: WhiteningLayout, chains: int
 ) -> tuple[str, dict[str, torch.Tensor] | None]:
     if isinstance(init, str):
-        return _check_choice("init", init, ("pilot", "prior")), None
+        return _check_choice("init", init, ("pilot", "prior", "guide")), None
     if not isinstance(init, Mapping):
         raise TypeError(
-            "init must be 'pilot', 'prior', or a dict latent site -> values shaped "
-            f"(chains, *event), got {type(init).__name__}"
+            "init must be 'pilot', 'prior', 'guide' (with guide=...), or a dict latent site -> "
+            f"values shaped (chains, *event), got {type(init).__name__}"
         )
     latents = {site.name: site for site in layout.latent_sites}
     values = {}
@@ -565,7 +587,8 @@ def _prepare_abc_method(
     info, trace = inspect_program(program)
     _check_observed_sites(info.sample_sites, info.deterministic_sites, observation)
     layout, resolved_mode = _build_layout(trace, observation, noise_mode)
-    init_mode, init_values = _check_init(options["init"], layout, config.chains)
+    init = _resolve_guide_init(options, info, observation, config, resumed=resume is not None)
+    init_mode, init_values = _check_init(init, layout, config.chains)
     config = replace(config, init=init_mode, observation_noise=resolved_mode)
     if config.checkpoint is not None and not Path(config.checkpoint).parent.exists():
         raise FileNotFoundError(
@@ -661,11 +684,17 @@ def prepare_abc(
 
 
 def _run_abc_mcmc(program, observation, options, explicit) -> Posterior:
-    return complete(_prepare_abc_method("abc_mcmc", program, observation, dict(options), explicit))
+    posterior = complete(
+        _prepare_abc_method("abc_mcmc", program, observation, dict(options), explicit)
+    )
+    return _record_guide_init(posterior, options)
 
 
 def _run_abc_slice(program, observation, options, explicit) -> Posterior:
-    return complete(_prepare_abc_method("abc_slice", program, observation, dict(options), explicit))
+    posterior = complete(
+        _prepare_abc_method("abc_slice", program, observation, dict(options), explicit)
+    )
+    return _record_guide_init(posterior, options)
 
 
 def _run_abc_rejection(program, observation, options, explicit) -> Posterior:
@@ -709,6 +738,404 @@ def _run_abc_rejection(program, observation, options, explicit) -> Posterior:
     )
 
 
+# ---------------------------------------------------------------------------- trained guides
+
+#: Mixed into the run's seed for the guide's draws, so they are a stream of their own (apart
+#: from the kernel's and the simulator's, which the runner derives from the same seed).
+_GUIDE_SEED_SALT = 0x5EED_6D1D_E000_0001
+
+_GUIDE_HINT = (
+    "pass guide=EncoderGuide(encoder, program) (probgraphics.nets.EncoderGuide; trained with "
+    "probgraphics.train_guide), or any object with .posterior(images (B, C, H, W), num_samples, "
+    "generator=...) -> dict site -> (num_samples, B, *event)"
+)
+
+
+def _guide_seed(seed: int) -> int:
+    """The seed of the guide's draws for a run seeded with ``seed`` (a 63-bit mix)."""
+    return (seed * 0x9E37_79B9_7F4A_7C15 + _GUIDE_SEED_SALT) % (2**63)
+
+
+def _check_guide(guide: Any, who: str) -> Any:
+    if guide is None:
+        raise ValueError(f"{who} needs a trained guide; {_GUIDE_HINT}.")
+    if not callable(getattr(guide, "posterior", None)):
+        raise TypeError(
+            f"guide must be an EncoderGuide or another object with a .posterior method, got "
+            f"{type(guide).__name__}; {_GUIDE_HINT}."
+        )
+    return guide
+
+
+def _latent_sites(
+    program_sites: Mapping[str, Mapping[str, Any]], observation: Mapping[str, torch.Tensor]
+) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """The program's latents as the guide must cover them: ``site -> (event_shape, support)``."""
+    return {
+        name: (tuple(site["fn"].event_shape), site["fn"].support)
+        for name, site in program_sites.items()
+        if name not in observation and not site["is_observed"]
+    }
+
+
+def _describe_shapes(shapes: Mapping[str, tuple[int, ...]]) -> str:
+    return "{" + ", ".join(f"{name!r}: {tuple(shape)}" for name, shape in shapes.items()) + "}"
+
+
+def _site_mismatch(
+    guide_shapes: Mapping[str, tuple[int, ...]],
+    latents: Mapping[str, tuple[tuple[int, ...], Any]],
+) -> str | None:
+    """Why a guide with sites ``guide_shapes`` does not fit the program, or None."""
+    unknown = [name for name in guide_shapes if name not in latents]
+    wrong = [
+        name
+        for name, shape in guide_shapes.items()
+        if name in latents and tuple(shape) != latents[name][0]
+    ]
+    if not unknown and not wrong:
+        return None
+    program = _describe_shapes({name: shape for name, (shape, _) in latents.items()})
+    parts = []
+    if unknown:
+        parts.append(f"it guides {unknown}, which are not latent sites of this program")
+    if wrong:
+        parts.append(
+            "event shapes differ for "
+            + ", ".join(
+                f"{name!r} (guide {tuple(guide_shapes[name])}, program {latents[name][0]})"
+                for name in wrong
+            )
+        )
+    return (
+        f"the guide was built for a program with other latent sites: {'; '.join(parts)}. The "
+        f"guide's sites are {_describe_shapes(guide_shapes)}; this program's latents are "
+        f"{program}. Build the guide for this program: EncoderGuide(encoder, program)."
+    )
+
+
+def _guide_image(guide: Any, observation: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The observed value the guide encodes, checked against its site name and shape."""
+    observed = getattr(guide, "observed", "image")
+    if not isinstance(observed, str) or observed not in observation:
+        raise ValueError(
+            f"the guide encodes the observed site {observed!r}, but the observation has "
+            f"{sorted(observation)}; pass the observation under {observed!r}, or a guide built "
+            "for this observed site."
+        )
+    value = observation[observed]
+    expected = getattr(guide, "observed_shape", None)
+    if expected is not None and tuple(expected) != tuple(value.shape):
+        raise ValueError(
+            f"the guide encodes {observed!r} observations shaped {tuple(expected)}, but the "
+            f"observation is shaped {tuple(value.shape)}; use a guide built for this program "
+            "(its resolution and channels), or resize the image."
+        )
+    return value
+
+
+def _guide_draws(
+    guide: Any,
+    observation: Mapping[str, torch.Tensor],
+    latents: Mapping[str, tuple[tuple[int, ...], Any]],
+    num_samples: int,
+    seed: int,
+) -> dict[str, torch.Tensor]:
+    """``num_samples`` independent draws of q(z | observation): ``site -> (num_samples,
+    *event)`` on CPU, each checked to be finite and inside its site's support."""
+    shapes = getattr(guide, "site_shapes", None)
+    if isinstance(shapes, Mapping):  # an EncoderGuide says its sites up front
+        problem = _site_mismatch(shapes, latents)
+        if problem is not None:
+            raise ValueError(problem)
+    image = _guide_image(guide, observation)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        draws = guide.posterior(image.unsqueeze(0), num_samples, generator=generator)
+    if not isinstance(draws, Mapping) or not draws:
+        raise TypeError(
+            "guide.posterior(images, num_samples) must return a non-empty dict site -> "
+            f"(num_samples, B, *event) tensor, got {type(draws).__name__}."
+        )
+    got_shapes = {}
+    for name, value in draws.items():
+        if not isinstance(value, torch.Tensor) or value.dim() < 2:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise TypeError(
+                f"guide.posterior returned {got} for site {name!r}; expected a tensor shaped "
+                f"(num_samples, B, *event) = ({num_samples}, 1, ...)."
+            )
+        got_shapes[name] = tuple(value.shape[2:])
+    problem = _site_mismatch(got_shapes, latents)
+    if problem is not None:
+        raise ValueError(problem)
+    out = {}
+    for name, value in draws.items():
+        expected = (num_samples, 1, *latents[name][0])
+        if tuple(value.shape) != expected:
+            raise ValueError(
+                f"guide.posterior returned shape {tuple(value.shape)} for site {name!r} given "
+                f"one image and num_samples={num_samples}; expected {expected}."
+            )
+        value = value[:, 0].detach().cpu()
+        if not value.is_floating_point() or not bool(torch.isfinite(value).all()):
+            raise ValueError(
+                f"the guide's draws of site {name!r} are not finite floating-point values "
+                f"(dtype {value.dtype}); check the encoder (NaN weights or inputs)."
+            )
+        support = latents[name][1]
+        inside = support.check(value.to(_support_device(support)))
+        if not bool(inside.all()):
+            raise ValueError(
+                f"the guide drew values of site {name!r} outside its support ({support}); a guide "
+                "for this program must map its draws into each site's support (EncoderGuide does, "
+                "via biject_to)."
+            )
+        out[name] = value
+    return out
+
+
+def _support_device(support: Any) -> torch.device:
+    """Where a constraint's bounds live (CPU for constraints without tensors)."""
+    while hasattr(support, "base_constraint"):
+        support = support.base_constraint
+    for value in vars(support).values():
+        if isinstance(value, torch.Tensor):
+            return value.device
+    return torch.device("cpu")
+
+
+def _resolve_guide_init(
+    options: Mapping[str, Any],
+    info: ProgramInfo,
+    observation: Mapping[str, torch.Tensor],
+    config: RunConfig,
+    *,
+    resumed: bool,
+) -> Any:
+    """``init="guide"`` -> a dict site -> ``(chains, *event)`` draws of q(z | observation) for the
+    dict-init path (sites the guide leaves out start from the prior); other inits pass through."""
+    init, guide = options["init"], options["guide"]
+    if not (isinstance(init, str) and init == "guide"):
+        if guide is not None:
+            raise ValueError(
+                f"guide=... is used only with init='guide' (start the chains from the guide's "
+                f"posterior), but init={init!r}; pass init='guide', or leave guide out."
+            )
+        return init
+    _check_guide(guide, "init='guide'")
+    if resumed:
+        return "prior"  # not used: the checkpoint holds the chains' state
+    latents = _latent_sites(info.sample_sites, observation)
+    return _guide_draws(guide, observation, latents, config.chains, _guide_seed(config.seed))
+
+
+def _record_guide_init(posterior: Posterior, options: Mapping[str, Any]) -> Posterior:
+    """The runner records ``init="given"`` for any dict of starting values; say it was the guide."""
+    init = options["init"]
+    if not (isinstance(init, str) and init == "guide") or options["resume"] is not None:
+        return posterior
+    settings = posterior.settings
+    settings["init"] = "guide"
+    settings["guide"] = type(options["guide"]).__name__
+    return Posterior(
+        posterior.samples,
+        posterior.sample_stats,
+        posterior.observation,
+        method=posterior.method,
+        settings=settings,
+        n_simulations=posterior.n_simulations,
+        wall_time=posterior.wall_time,
+        prior=posterior.prior,
+        timings=posterior.timings,
+    )
+
+
+_GUIDE_OPTIONS: dict[str, Any] = {
+    "guide": None,
+    "chains": 4,
+    "draws": 1000,
+    "seed": None,
+    "summary": None,
+    "distance": "standardized_l2",
+    "pilot_size": 1000,
+    "batch_size": None,
+    "device": "cpu",
+    "progress": True,
+}
+
+
+def _run_guide(program, observation, options, explicit) -> Posterior:
+    """``method="guide"``: independent draws of the trained guide's q(z | observation).
+
+    With ``summary=None`` nothing is simulated: ``distance`` is NaN, ``n_simulations`` 0, and the
+    samples hold the sites the guide covers. With a summary, every draw is simulated (latents the
+    guide leaves out drawn from their prior, the observation's noise fresh) and its distance to
+    the observation recorded, as ABC would measure it; the samples then hold every latent.
+    """
+    start = time.perf_counter()
+    guide = _check_guide(options["guide"], "method='guide'")
+    chains = _check_int("chains", options["chains"], 1)
+    draws = _check_int("draws", options["draws"], 1)
+    seed = _check_seed(options["seed"])
+    device = resolve_device(options["device"])
+    progress = _check_bool("progress", options["progress"])
+    summary_spec = options["summary"]
+    if not (summary_spec is None or isinstance(summary_spec, str) or callable(summary_spec)):
+        raise TypeError(
+            f"summary must be None (no simulation), a summary name or a callable, got "
+            f"{summary_spec!r}"
+        )
+    check_distance_spec(options["distance"])
+    pilot_size = _check_int("pilot_size", options["pilot_size"], 0)
+    batch_size = options["batch_size"]
+    batch_size = 1024 if batch_size is None else _check_int("batch_size", batch_size, 1)
+    simulate = summary_spec is not None
+    if simulate and options["distance"] in (None, "standardized_l2") and pilot_size < 2:
+        raise ValueError(
+            f"pilot_size={pilot_size} is too small: the standardized distance takes its scale "
+            "from a pilot of prior simulations; use pilot_size >= 2, or another distance."
+        )
+    if simulate:
+        program = _move_program(program, device)
+    info, trace = inspect_program(program)
+    _check_observed_sites(info.sample_sites, info.deterministic_sites, observation)
+    latents = _latent_sites(info.sample_sites, observation)
+    total = chains * draws
+    values = _guide_draws(guide, observation, latents, total, _guide_seed(seed))
+    guide_seconds = time.perf_counter() - start
+
+    settings = {
+        "guide": type(guide).__name__,
+        "guide_sites": list(values),
+        "chains": chains,
+        "draws": draws,
+        "seed": seed,
+        "summary": summary_name(summary_spec),
+        "distance": distance_name(options["distance"]) if simulate else None,
+        "pilot_size": pilot_size if simulate else 0,
+        "batch_size": batch_size,
+        "device": str(device),
+    }
+    timings = {"guide": guide_seconds}
+    prior = None
+    n_simulations = 0
+    if simulate:
+        samples_flat, distance, prior, n_simulations, simulate_seconds = _simulate_guide_draws(
+            program,
+            trace,
+            observation,
+            values,
+            summary=resolve_summary(summary_spec, list(observation)),
+            distance_spec=options["distance"],
+            pilot_size=pilot_size,
+            batch_size=batch_size,
+            device=device,
+            seed=seed,
+            progress=progress,
+        )
+        timings["simulate"] = simulate_seconds
+    else:
+        samples_flat = values
+        distance = torch.full((total,), math.nan)
+    samples = {
+        name: value.reshape(chains, draws, *value.shape[1:]) for name, value in samples_flat.items()
+    }
+    stats = {
+        "distance": distance.reshape(chains, draws).float(),
+        "accepted": torch.ones(chains, draws, dtype=torch.bool),
+        "epsilon": torch.full((chains, draws), math.nan),
+        "n_simulations": torch.full((chains, draws), int(simulate), dtype=torch.int64),
+    }
+    wall_time = time.perf_counter() - start
+    timings["total"] = wall_time
+    return Posterior(
+        samples,
+        stats,
+        dict(observation),
+        method="guide",
+        settings=settings,
+        n_simulations=n_simulations,
+        wall_time=wall_time,
+        prior=prior,
+        timings=timings,
+    )
+
+
+def _simulate_guide_draws(
+    program: Callable[[], Any],
+    trace: Any,
+    observation: Mapping[str, torch.Tensor],
+    values: Mapping[str, torch.Tensor],
+    *,
+    summary: Callable,
+    distance_spec: Any,
+    pilot_size: int,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    progress: bool,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor] | None, int, float]:
+    """Simulate each guide draw and measure its distance to the observation.
+
+    Returns ``(samples site -> (N, *event), distance (N,), prior or None, simulations,
+    seconds)`` on CPU; the distance is set up exactly as ABC's (a pilot of ``pilot_size`` prior
+    simulations gives the standardized distance its scale, and becomes the prior group).
+    """
+    start = time.perf_counter()
+    layout = build_layout(trace, observation, whiten_observed=False)
+    master = torch.Generator().manual_seed(seed)
+    noise_seed, simulator_seed = torch.randint(0, 2**62, (2,), generator=master).tolist()
+    generator = torch.Generator(device=device).manual_seed(noise_seed)
+    on_device = {name: value.to(device) for name, value in observation.items()}
+    simulator = Simulator(program, layout, on_device, summary, device=device, seed=simulator_seed)
+    dtype = layout.dtype
+    total = next(iter(values.values())).shape[0]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=pilot_size + total, desc="guide", unit="sim", mininterval=0.5)
+    pilot_values, pilot_summaries = [], []
+    for begin in range(0, pilot_size, batch_size):
+        size = min(batch_size, pilot_size - begin)
+        u = torch.randn(size, layout.dim, generator=generator, device=device, dtype=dtype)
+        _, batch_values, batch_summaries = simulator.run(u)
+        pilot_values.append(batch_values)
+        pilot_summaries.append(batch_summaries)
+        if bar is not None:
+            bar.update(size)
+    summaries = torch.cat(pilot_summaries) if pilot_summaries else None
+    simulator.set_distance(resolve_distance(distance_spec, summaries))
+    simulated, distances = [], []
+    for begin in range(0, total, batch_size):
+        size = min(batch_size, total - begin)
+        u = torch.randn(size, layout.dim, generator=generator, device=device, dtype=dtype)
+        given = {
+            name: value[begin : begin + size].to(device=device, dtype=layout.site(name).dtype)
+            for name, value in values.items()
+        }
+        _, simulation = simulator.simulate_given(u, given)
+        simulated.append(simulation.values.cpu())
+        distances.append(simulation.distance.cpu())
+        if bar is not None:
+            bar.update(size)
+    if bar is not None:
+        bar.close()
+    samples = layout.split_values(torch.cat(simulated))
+    # The guided sites are the guide's draws exactly (the simulation's copy went through the
+    # device and the layout's dtype).
+    samples.update({name: value.to(samples[name].dtype) for name, value in values.items()})
+    prior = None
+    if pilot_values:
+        prior = {
+            name: value.unsqueeze(0)
+            for name, value in layout.split_values(torch.cat(pilot_values).cpu()).items()
+        }
+    seconds = time.perf_counter() - start
+    return samples, torch.cat(distances), prior, simulator.n_simulations, seconds
+
+
 register_method(
     "abc_mcmc",
     _run_abc_mcmc,
@@ -726,4 +1153,10 @@ register_method(
     _run_abc_rejection,
     options=_REJECTION_OPTIONS,
     description="ABC rejection: keep the closest fraction of prior simulations",
+)
+register_method(
+    "guide",
+    _run_guide,
+    options=_GUIDE_OPTIONS,
+    description="amortized inference: independent draws of a trained guide's q(z | observation)",
 )

@@ -31,16 +31,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
-import pyro.poutine as poutine
 import torch
 from torch import nn
 from torch.distributions import biject_to, constraints
 
+from probgraphics.inference.tracing import sample_sites
 from probgraphics.nets.dcign import CodeLayout
 from probgraphics.nets.summaries import (
     evaluation_mode,
@@ -49,7 +51,7 @@ from probgraphics.nets.summaries import (
     resolve_encoder,
 )
 
-__all__ = ["EncoderGuide", "GuideSite", "discover_sites"]
+__all__ = ["EncoderGuide", "GuideSite", "discover_sites", "load_guide"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,22 +130,9 @@ def discover_sites(
     """
     if not callable(program):
         raise TypeError(f"program must be a callable Pyro model, got {type(program).__name__}.")
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        trace = poutine.trace(program).get_trace()
-    sample_sites = {
-        name: site
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and type(site["fn"]).__name__ != "_Subsample"
-    }
-    if observed not in sample_sites:
-        raise ValueError(
-            f"the program has no sample site named {observed!r}; its sample sites are "
-            f"{list(sample_sites)}. Pass observed=<the name of its image site>."
-        )
+    traced, plate_nesting = sample_sites(program, observed, hint="the name of its image site")
     sites: list[GuideSite] = []
-    plate_nesting = 0
-    for name, site in sample_sites.items():
-        plate_nesting = max(plate_nesting, len(site["cond_indep_stack"]))
+    for name, site in traced.items():
         if name == observed or site["infer"].get("_deterministic") or site["is_observed"]:
             continue
         fn = site["fn"]
@@ -174,7 +163,7 @@ def discover_sites(
         sites.append(GuideSite(name, event_shape, support, unconstrained, _is_real(support)))
     if not sites:
         raise ValueError("the program has no latent sample sites to guide.")
-    return sites, sample_sites[observed]["value"], plate_nesting
+    return sites, traced[observed]["value"], plate_nesting
 
 
 def _assign_units(
@@ -617,3 +606,88 @@ class EncoderGuide(nn.Module):
             )
         draws = self.posterior(image.unsqueeze(0), chains, generator=generator)
         return {name: value[:, 0].cpu() for name, value in draws.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Loading a trained guide
+# --------------------------------------------------------------------------------------------
+
+
+def load_guide(
+    source: str | os.PathLike,
+    program: object,
+    *,
+    site_layout: Mapping[str, Sequence[int]] | CodeLayout | None = None,
+    observed: str = "image",
+    device: str | torch.device | None = None,
+    directory: str | os.PathLike | None = None,
+) -> EncoderGuide:
+    """An :class:`EncoderGuide` for ``program`` from a saved network.
+
+    Args:
+        source: a bundled network's name (``probgraphics.nets.pretrained.available()``, e.g.
+            ``"face-guide-64"``) or the path of a checkpoint written by
+            :func:`~probgraphics.nets.save_checkpoint` (a file that exists is taken as a path).
+        program: the scene program the guide is for (its latent sites are traced).
+        site_layout: which code units parametrize which site (see :class:`EncoderGuide`).
+            Default, in order: the checkpoint's ``extra["site_layout"]`` when it has one; the
+            guide's own default (the encoder's groups when they are exactly the program's
+            sites, else the program's sites in order over the whole code); failing both, the
+            encoder's named code groups that are latent sites of the program (a DC-IGN's
+            ``azimuth`` / ``elevation`` / ``light`` units for the face program; the other
+            latents are then left to the prior).
+        observed: the program's observed site.
+        device: where to put the network (default CPU).
+        directory: look bundled names up in this folder instead of the bundled weights.
+
+    Returns:
+        The guide (the network in eval mode, on ``device``).
+
+    Raises:
+        KeyError: ``source`` is neither an existing file nor a known network name.
+        CheckpointError: the file is corrupt or holds a network without an encoder.
+        ValueError: no layout fits the encoder's code to the program's sites.
+    """
+    from probgraphics.nets.checkpoint import CheckpointError, load_checkpoint
+    from probgraphics.nets.pretrained import BUNDLED_ARCHITECTURES, weights_path
+
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(
+            f"source must be a network name or a checkpoint path, got {type(source).__name__}."
+        )
+    location = torch.device(device) if device is not None else torch.device("cpu")
+    path = Path(source)
+    if path.is_file():
+        expected = None
+    else:
+        name = os.fspath(source)
+        path = weights_path(name, directory)  # KeyError listing the available names
+        expected = BUNDLED_ARCHITECTURES.get(name)
+    module, _config, extra = load_checkpoint(path, expected_kind=expected, map_location=location)
+    try:
+        adapter = resolve_encoder(module)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"{str(path)!r} holds a {type(module).__name__}, which cannot be used as an encoder "
+            f"guide: {error}"
+        ) from error
+    if site_layout is None and extra and extra.get("site_layout") is not None:
+        site_layout = {
+            str(site): [int(unit) for unit in units]
+            for site, units in dict(extra["site_layout"]).items()
+        }
+    if site_layout is not None:
+        return EncoderGuide(module, program, site_layout=site_layout, observed=observed)
+    try:
+        return EncoderGuide(module, program, observed=observed)
+    except ValueError as error:
+        if "cannot assign the encoder's" not in str(error) or adapter.layout is None:
+            raise
+        sites = {site.name for site in discover_sites(program, observed)[0]}
+        named = [group for group in adapter.layout if group in sites]
+        if not named:
+            raise ValueError(
+                f"{error} (the encoder's code groups {list(adapter.layout)} name none of the "
+                f"program's latent sites {sorted(sites)} either)"
+            ) from None
+        return EncoderGuide(module, program, site_layout=adapter.layout, observed=observed)

@@ -141,7 +141,7 @@ def test_unknown_option_names_say_which_options_exist():
         ({"distance": "cosine"}, ValueError, r"unknown distance 'cosine'.*'l1'"),
         ({"summary": "edges"}, ValueError, r"unknown summary 'edges'.*'identity'"),
         ({"summary": 3}, TypeError, r"summary must be None, a summary name or a callable"),
-        ({"init": "guide"}, ValueError, r"init must be one of \['pilot', 'prior'\]"),
+        ({"init": "guids"}, ValueError, r"init must be one of \['pilot', 'prior', 'guide'\]"),
         ({"init": {"w": torch.zeros(2, 2)}}, ValueError, r"site 'w'.*latents are \['z'\]"),
         ({"init": {"z": torch.zeros(3, 2)}}, ValueError, r"shaped \(chains, \*event\) = \(2, 2\)"),
         ({"init": {"z": torch.full((2, 2), math.nan)}}, ValueError, r"NaN/inf"),
