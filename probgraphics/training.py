@@ -20,10 +20,14 @@ time, final losses, config, evaluation):
 
 * ``"dcign-face-64"``: a CPU-sized DC-IGN on 64 px face-program images, clamped procedure.
 * ``"muvae-shapes"``: a CPU-sized mu-VAE on procedural voxel shapes' projections (images only).
+* ``"face-guide-64"``: the face program's amortized guide, a small DC-IGN encoder whose code is
+  the program's 406 latent units, trained with the sleep loss on scenes the program simulates
+  (the coarse answer of ``infer(..., init="guide")`` and ``infer(method="guide")``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -42,8 +46,8 @@ from probgraphics.atomic import atomic_write_text
 from probgraphics.inference.svi import TrainResult, train_guide
 from probgraphics.nets.checkpoint import save_checkpoint
 from probgraphics.nets.clamped import clamp_inactive
-from probgraphics.nets.dcign import DCIGN, CodeLayout, DCIGNConfig
-from probgraphics.nets.guides import EncoderGuide
+from probgraphics.nets.dcign import DCIGN, CodeLayout, DCIGNConfig, DCIGNEncoder
+from probgraphics.nets.guides import EncoderGuide, discover_sites
 from probgraphics.nets.muvae import (
     MuVAE,
     MuVAEConfig,
@@ -54,13 +58,19 @@ from probgraphics.nets.muvae import (
 
 __all__ = [
     "DCIGNClampedLoss",
+    "FACE_GUIDE_64",
+    "FACE_SITE_LAYOUT",
     "MuVAEObjective",
     "RECIPES",
     "ShuffledBatches",
     "StepwiseFactorBatches",
     "dcign_face_64",
+    "evaluate_face_guide",
+    "face_guide_64",
     "initialize_dcign",
+    "initialize_encoder",
     "muvae_shapes",
+    "site_code_layout",
     "write_model_card",
 ]
 
@@ -484,12 +494,28 @@ def write_model_card(out_path: str | os.PathLike, card: Mapping[str, Any]) -> tu
                 f"## {section}",
                 "",
                 "```json",
-                json.dumps(card[section], indent=2),
+                _json_for_markdown(card[section]),
                 "```",
                 "",
             ]
     atomic_write_text(md_path, "\n".join(lines))
     return json_path, md_path
+
+
+def _json_for_markdown(value: Any, indent: int = 0) -> str:
+    """``json.dumps(value, indent=2)``, except that lists of scalars stay on one line (a code
+    layout's hundreds of unit indices would otherwise take a line each)."""
+    pad = " " * (indent + 2)
+    if isinstance(value, dict) and value:
+        items = [
+            f"{pad}{json.dumps(key)}: {_json_for_markdown(item, indent + 2)}"
+            for key, item in value.items()
+        ]
+        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
+    if isinstance(value, list) and any(isinstance(item, (dict, list)) for item in value):
+        items = [f"{pad}{_json_for_markdown(item, indent + 2)}" for item in value]
+        return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
+    return json.dumps(value)
 
 
 def _card(
@@ -920,6 +946,319 @@ def muvae_shapes(
     return result
 
 
+# --------------------------------------------------------------------------------------------
+# The face program's amortized guide
+# --------------------------------------------------------------------------------------------
+
+
+def site_code_layout(program: object, observed: str = "image") -> CodeLayout:
+    """The code layout of a guide whose code is ``program``'s latents in program order.
+
+    Each latent site gets ``prod(unconstrained_shape)`` consecutive units (the face program:
+    shape 0..199, texture 200..399, azimuth 400, elevation 401, light 402, camera 403..405; 406
+    units in all), the order :class:`EncoderGuide` uses by default.
+    """
+    sites, _, _ = discover_sites(program, observed)
+    groups, start = {}, 0
+    for site in sites:
+        groups[site.name] = tuple(range(start, start + site.size))
+        start += site.size
+    return CodeLayout(start, groups)
+
+
+def initialize_encoder(encoder: DCIGNEncoder) -> DCIGNEncoder:
+    """Re-initialize a DC-IGN encoder for training as a guide from scratch (in place).
+
+    He (Kaiming) normal convolutions with zero biases (activations keep their scale through the
+    stages), and small code heads with zero biases, so the guide starts near the unconstrained
+    standard normal: for the unbounded sites that is their prior, and the sleep loss starts at
+    about the prior's entropy instead of a random encoder's much larger value.
+    """
+    if not isinstance(encoder, DCIGNEncoder):
+        raise TypeError(f"encoder must be a DCIGNEncoder, got {type(encoder).__name__}.")
+    with torch.no_grad():
+        for module in encoder.features.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                torch.nn.init.zeros_(module.bias)
+        for head in (encoder.mean_head, encoder.log_var_head):
+            torch.nn.init.xavier_normal_(head.weight, gain=0.1)
+            torch.nn.init.zeros_(head.bias)
+    return encoder
+
+
+#: The face program's latents in program order (``programs.face()`` defaults: 200 shape and
+#: 200 texture components, azimuth, elevation, light, 3 camera coordinates): 406 code units.
+FACE_SITE_LAYOUT = CodeLayout(
+    406,
+    {
+        "shape": tuple(range(0, 200)),
+        "texture": tuple(range(200, 400)),
+        "azimuth": (400,),
+        "elevation": (401,),
+        "light": (402,),
+        "camera": (403, 404, 405),
+    },
+)
+
+#: The encoder of the "face-guide-64" recipe: DC-IGN stages (conv kernel 5 + ReLU + 2x2
+#: max-pool; 16, 32, 32, 32 filters, padded so 64 px gives 4x4 maps) to a 406-unit code, one
+#: unit per unconstrained latent of the face program. Measured here (600 steps, batch 32, one
+#: loaded core): about 0.1 s a step, and held-out correlations of the angles 0.86-0.88 against
+#: 0.82-0.87 for three stages (16, 32, 32; 8x8 maps, four times the head weights). The decoder
+#: fields are unused (only the encoder is built and saved) but must mirror the stages.
+FACE_GUIDE_64 = DCIGNConfig(
+    image_size=64,
+    in_channels=1,
+    channels=(16, 32, 32, 32),
+    kernel_size=5,
+    padding=2,
+    pool_size=2,
+    code_size=406,
+    decoder_channels=(16, 16, 16, 16),
+    decoder_kernel=7,
+    layout=FACE_SITE_LAYOUT,
+)
+
+_ANGLES = ("azimuth", "elevation", "light")
+
+
+def evaluate_face_guide(
+    guide: EncoderGuide,
+    program: object,
+    *,
+    n: int = 400,
+    seed: int = 10_000,
+    num_samples: int = 200,
+    chunk_size: int = 50,
+) -> dict[str, Any]:
+    """How well a face guide recovers the scene from held-out images of the face program.
+
+    ``n`` scenes are simulated with ``seed`` (noisy ``image`` as observed; the training draws
+    its scenes from its own seeded stream). For each, ``num_samples`` draws of the guide's
+    q(z | image) give the posterior mean, standard deviation and central 90% interval of every
+    site (Monte Carlo over the draws; no gradient, eval mode).
+
+    Returns:
+        ``{"azimuth" | "elevation" | "light": {"correlation", "rmse_deg",
+        "rmse_deg_predicting_the_mean", "mean_posterior_std_deg", "coverage_90"}, "camera":
+        {"correlation": [3], "rmse": [3], "rmse_predicting_the_mean": [3]}, "shape" |
+        "texture": {"mean_correlation", "mean_r2"}, "scenes", "seed", "num_samples"}``.
+        Correlations are Pearson's r of the posterior mean with the true value; RMSEs are of the
+        posterior mean, in the site's units (degrees for the angles);
+        ``rmse_deg_predicting_the_mean`` is the RMSE of the best constant (the truth's standard
+        deviation; 52 degrees for Uniform(-90, 90)), the baseline a useless guide gets;
+        ``coverage_90`` is the fraction of scenes whose true value lies in the central 90%
+        interval (0.9 when calibrated); ``mean_r2`` averages ``1 - MSE / variance`` over the
+        components of a vector site.
+    """
+    from probgraphics.evaluation import pearson
+    from probgraphics.programs.simulate import simulate
+
+    if not isinstance(guide, EncoderGuide):
+        raise TypeError(f"guide must be an EncoderGuide, got {type(guide).__name__}.")
+    for label, value, minimum in (
+        ("n", n, 2),
+        ("num_samples", num_samples, 2),
+        ("chunk_size", chunk_size, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{label} must be an int >= {minimum}, got {value!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}.")
+    missing = [name for name in (*_ANGLES, "camera", "shape", "texture") if name not in guide.sites]
+    if missing:
+        raise ValueError(
+            f"evaluate_face_guide needs a guide of the face program's sites; this one has "
+            f"{list(guide.sites)} (missing {missing})."
+        )
+    scenes = simulate(program, n, seed=seed)
+    generator = torch.Generator(device=guide.device).manual_seed(seed)
+    means: dict[str, list[torch.Tensor]] = {name: [] for name in guide.sites}
+    stds: dict[str, list[torch.Tensor]] = {name: [] for name in _ANGLES}
+    covered: dict[str, list[torch.Tensor]] = {name: [] for name in _ANGLES}
+    quantiles = torch.tensor([0.05, 0.95], dtype=torch.float64)
+    for start in range(0, n, chunk_size):
+        images = scenes[guide.observed][start : start + chunk_size]
+        draws = guide.posterior(images, num_samples, generator=generator)
+        for name, value in draws.items():
+            value = value.detach().double().cpu()
+            means[name].append(value.mean(0))
+            if name in _ANGLES:
+                truth = scenes[name][start : start + chunk_size].double().cpu()
+                stds[name].append(value.std(0))
+                low, high = torch.quantile(value, quantiles, dim=0)
+                covered[name].append((low <= truth) & (truth <= high))
+    result: dict[str, Any] = {}
+    for name in _ANGLES:
+        mean = torch.cat(means[name])
+        truth = scenes[name].double().cpu()
+        result[name] = {
+            "correlation": pearson(mean, truth),
+            "rmse_deg": float((mean - truth).square().mean().sqrt()),
+            "rmse_deg_predicting_the_mean": float(truth.std(unbiased=False)),
+            "mean_posterior_std_deg": float(torch.cat(stds[name]).mean()),
+            "coverage_90": float(torch.cat(covered[name]).double().mean()),
+        }
+    camera_mean = torch.cat(means["camera"])
+    camera_truth = scenes["camera"].double().cpu()
+    result["camera"] = {
+        "correlation": [pearson(camera_mean[:, k], camera_truth[:, k]) for k in range(3)],
+        "rmse": (camera_mean - camera_truth).square().mean(0).sqrt().tolist(),
+        "rmse_predicting_the_mean": camera_truth.std(0, unbiased=False).tolist(),
+    }
+    for name in ("shape", "texture"):
+        mean = torch.cat(means[name])
+        truth = scenes[name].double().cpu()
+        correlations = [pearson(mean[:, k], truth[:, k]) for k in range(truth.shape[1])]
+        finite = [r for r in correlations if math.isfinite(r)]
+        r2 = 1.0 - (mean - truth).square().mean(0) / truth.var(0, unbiased=False)
+        result[name] = {
+            "mean_correlation": sum(finite) / len(finite) if finite else float("nan"),
+            "mean_r2": float(r2.mean()),
+        }
+    result.update({"scenes": n, "seed": seed, "num_samples": num_samples})
+    return result
+
+
+def face_guide_64(
+    out_path: str | os.PathLike,
+    *,
+    steps: int = 5500,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: bool = True,
+    lr: float = 1e-3,
+    config: DCIGNConfig = FACE_GUIDE_64,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 200,
+    resume: str | os.PathLike | None = None,
+    evaluate: bool = True,
+    evaluation_scenes: int = 400,
+    command: str | None = None,
+) -> TrainResult:
+    """Train the bundled ``face-guide-64`` amortized guide of the face program (sleep loss).
+
+    The guide is an :class:`EncoderGuide` around a :class:`DCIGNEncoder` (:data:`FACE_GUIDE_64`:
+    16, 32, 32, 32 filters of kernel 5, each stage max-pooled) whose code has one unit per
+    unconstrained latent of ``programs.face(resolution=config.image_size)``, in program order
+    (406 units: shape, texture, azimuth, elevation, light, camera). Each site's units give a
+    Gaussian mapped to the site's support (sigmoid-affine for the Uniform angles and camera).
+
+    Training: :func:`~probgraphics.inference.svi.train_guide` with ``loss="sleep"``: every step
+    the program simulates ``batch_size`` scenes (latents and noisy images; the renderer needs no
+    gradient) and the encoder is fit by Adam to minimize ``E_{p(z,x)}[-log q(z | x)]``, whose
+    minimizer is the true posterior. Weights start from :func:`initialize_encoder`. Adam's
+    learning rate 1e-3: measured here, 3e-3 gave lower held-out correlations after 600 steps.
+
+    Writes the encoder to ``out_path`` (``nets.save_checkpoint``, kind ``"dcign-encoder"``; the
+    site layout in ``extra["site_layout"]`` and in the config's code layout, so
+    :func:`~probgraphics.nets.guides.load_guide` maps it to the face program's sites) and the
+    model card next to it; with ``evaluate`` the card holds :func:`evaluate_face_guide` on
+    ``evaluation_scenes`` held-out scenes (correlation and RMSE in degrees of the posterior
+    mean of azimuth, elevation and light; calibration; camera, shape and texture recovery).
+
+    Args:
+        out_path: where the weights go (``.pt``).
+        steps, seed, batch_size, progress: training length, seed, scenes per step, progress bar.
+        lr: Adam's learning rate.
+        config: the encoder's :class:`DCIGNConfig`; its ``code_size`` must be the program's
+            latent size (406); its layout is set to the program's site layout.
+        checkpoint, checkpoint_every, resume: training checkpoints (see ``train_guide``);
+            resuming needs the same seed and settings.
+        evaluate, evaluation_scenes: measure the guide on held-out scenes for the card.
+        command: the command line recorded in the model card.
+
+    Returns:
+        The :class:`TrainResult`.
+    """
+    from probgraphics.programs.face import face
+
+    _check_recipe_args(steps, seed, batch_size)
+    out_path = Path(out_path)
+    if not isinstance(config, DCIGNConfig):
+        raise TypeError(f"config must be a DCIGNConfig, got {type(config).__name__}.")
+    if (
+        isinstance(lr, bool)
+        or not isinstance(lr, (int, float))
+        or not (math.isfinite(lr) and lr > 0)
+    ):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}.")
+    program = face(resolution=config.image_size)
+    layout = site_code_layout(program)
+    if config.code_size != layout.code_size:
+        sizes = {name: len(units) for name, units in layout.groups.items()}
+        raise ValueError(
+            f"config.code_size is {config.code_size}, but the face program has "
+            f"{layout.code_size} latent units ({sizes}); build the config with "
+            f"code_size={layout.code_size}."
+        )
+    if config.layout != layout:
+        config = dataclasses.replace(config, layout=layout)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = initialize_encoder(DCIGNEncoder(config))
+    encoder.train()
+    guide = EncoderGuide(encoder, program, site_layout=dict(layout.groups))
+    result = train_guide(
+        program,
+        guide,
+        batch_size,
+        steps=steps,
+        loss="sleep",
+        optimizer="adam",
+        lr=lr,
+        progress=progress,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        seed=seed,
+    )
+    encoder.eval()
+    training = {
+        "data": f"scenes simulated by face(resolution={config.image_size}) each step "
+        f"({batch_size} a step; noisy images), random stream seeded with {seed}",
+        "loss": "sleep: E_p(z,x)[-log q(z | x)] (nats per scene)",
+        "initialization": "initialize_encoder (Kaiming convolutions, small code heads)",
+        "optimizer": "adam",
+        "lr": lr,
+    }
+    evaluation = None
+    if evaluate:
+        evaluation = evaluate_face_guide(guide, program, n=evaluation_scenes, seed=seed + 10_000)
+    site_layout = {name: list(units) for name, units in guide.site_layout.items()}
+    _save_recipe_outputs(
+        out_path,
+        "face-guide-64",
+        encoder,
+        result,
+        kind="dcign-encoder",
+        extra={
+            "recipe": "face-guide-64",
+            "steps": result.steps,
+            "seed": seed,
+            "program": f"face(resolution={config.image_size})",
+            "site_layout": site_layout,
+        },
+        command=command,
+        steps=steps,
+        seed=seed,
+        batch_size=batch_size,
+        training=training,
+        evaluation=evaluation,
+        description=(
+            "Amortized guide q(z | image) of the face program (seed 000's coarse answer for "
+            "infer(..., init='guide') and infer(method='guide')): a DC-IGN encoder (filters "
+            f"{list(config.channels)}, kernel {config.kernel_size}, max-pooled) to a "
+            f"{config.code_size}-unit Gaussian code, one unit per unconstrained latent of "
+            f"face(resolution={config.image_size}) in program order, trained with the sleep "
+            "loss on scenes the program simulates. Load it with "
+            "probgraphics.nets.guides.load_guide('face-guide-64', program)."
+        ),
+    )
+    return result
+
+
 def _subset_shapes(shapes, n: int):
     n = min(n, shapes.grids.shape[0])
     return type(shapes)(
@@ -932,4 +1271,5 @@ def _subset_shapes(shapes, n: int):
 RECIPES: dict[str, Callable[..., TrainResult]] = {
     "dcign-face-64": dcign_face_64,
     "muvae-shapes": muvae_shapes,
+    "face-guide-64": face_guide_64,
 }

@@ -40,6 +40,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: error, not a surprise later).
 BUNDLED_ARCHITECTURES: dict[str, str] = {
     "dcign-face-64": "dcign",
+    "face-guide-64": "dcign-encoder",
     "muvae-shapes": "muvae",
 }
 
