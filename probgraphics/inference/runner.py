@@ -33,10 +33,23 @@ because every random number comes from the run's generators in a fixed order.
 
 Statistics per run: simulations spent (pilot included), simulations per second, wall time, and
 the time inside simulate + summary + distance against the total (the engine's overhead).
+``timings["overhead_fraction"]`` is ``1 - simulate_in_steps / (warmup + sampling)``: the simulate
+time is what the :class:`~probgraphics.inference.simulator.Simulator` clocks (the Pyro program
+under the whitening messenger and the chains plate, the summary, the distance); everything else
+in a warm-up or sampling step is overhead: the kernel's random numbers and proposal arithmetic,
+the reference Gaussian's moments and fits (``timings["reference_fit"]``), adaptation, records,
+progress bar and checkpoints. The pilot, the start and :func:`finish` are outside both.
+
+Threads: while the chains' ``(chains, D)`` tensors are small the step loops run the engine's own
+CPU arithmetic on one thread and each simulation on the thread count that was set (see
+:data:`SERIAL_ENGINE_MAX_ELEMENTS`). Its ops (elementwise, per-row sums, matmuls split over rows)
+gave the same bits on one thread as on two for every shape tried, and a face-program run's
+chains are bit-identical to those of the all-threads loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -89,6 +102,11 @@ REFERENCE_RANK = 64
 MAX_REFERENCE_DIM = 2048
 #: States of at most this many chains a step go into the reference's moments.
 MOMENT_CHAINS = 32
+#: Warm-up and sampling steps run the engine's own CPU arithmetic on one thread (simulations keep
+#: the thread count set) while its per-chain tensors have at most this many elements: below it
+#: an elementwise op takes less time on one thread than waking the sleeping OpenMP workers costs
+#: (tens of microseconds, measured), on any number of cores (see ``Simulator.engine_threads``).
+SERIAL_ENGINE_MAX_ELEMENTS = 1 << 19
 #: Adaptive epsilon: Robbins-Monro on log epsilon toward this acceptance rate at beta = 1 ...
 EPSILON_TARGET_ACCEPTANCE = 0.2
 #: ... with this constant gain.
@@ -170,6 +188,7 @@ class AbcRun:
         pilot_distance: the pilot's distances ``(pilot_size,)`` on CPU.
         seconds: wall time per phase so far (``pilot``, ``warmup``, ``sampling``).
         simulate_seconds_in_steps: simulate time inside warm-up and sampling steps.
+        reference_fit_seconds: time spent fitting the reference Gaussian (part of the overhead).
         reference: the kernels' reference Gaussian (None: ``N(0, I)``).
         moments: float64 running ``count``, ``sum`` ``(D,)``, ``outer`` ``(D, D)`` of chain
             states since the last reference fit.
@@ -195,6 +214,7 @@ class AbcRun:
         default_factory=lambda: {"pilot": 0.0, "warmup": 0.0, "sampling": 0.0}
     )
     simulate_seconds_in_steps: float = 0.0
+    reference_fit_seconds: float = 0.0
     reference: GaussianReference | None = None
     moments: dict[str, torch.Tensor] | None = None
     steps_since_change: int = 0
@@ -533,6 +553,16 @@ def _adapt_beta(run: AbcRun, acceptance_probability: torch.Tensor, epsilon_movin
     run.log_beta = (run.log_beta + update).clamp(math.log(MIN_BETA), 0.0)
 
 
+def _engine_threads(run: AbcRun):
+    """The context the step loops run in: one CPU thread for the engine's own arithmetic when its
+    ``(chains, D)`` tensors are small (simulations keep the thread count), else nothing."""
+    layout = run.layout
+    elements = run.config.chains * max(layout.dim, layout.latent_dim, 1)
+    if elements > SERIAL_ENGINE_MAX_ELEMENTS:
+        return contextlib.nullcontext()
+    return run.simulator.engine_threads(1)
+
+
 def _after_step(run: AbcRun) -> None:
     config = run.config
     if run.progress_bar is not None:
@@ -575,50 +605,53 @@ def warmup(run: AbcRun, n_steps: int | None = None) -> AbcRun:
     refits = set(reference_fit_steps(config.warmup)) if precondition else set()
     start = time.perf_counter()
     simulate_before = run.simulator.seconds
-    for _ in range(n_steps):
-        if config.adaptive_epsilon:
-            moving = run.warmup_done < anneal_steps
-            epsilon = run.epsilon_current if moving else run.epsilon_target
-        else:
-            epsilon = epsilon_schedule(
-                run.warmup_done,
-                config.warmup,
-                run.epsilon_start,
-                run.epsilon_target,
-                config.anneal_fraction,
-            )
-            moving = run.warmup_done < anneal_steps and run.epsilon_start > run.epsilon_target
-        accepted, acceptance_probability, _, _ = _kernel_step(run, epsilon)
-        if config.adaptive_epsilon and moving:
-            # Beta stays at 1 meanwhile, so the acceptance measures how well the chains move
-            # at this epsilon (one host read per annealing step).
-            rate = float(acceptance_probability.float().mean())
-            update = EPSILON_GAIN * (rate - EPSILON_TARGET_ACCEPTANCE)
-            run.epsilon_current = float(epsilon * math.exp(-update))
-            if run.warmup_done + 1 == anneal_steps:
-                run.epsilon_target = run.epsilon_current
-        elif config.adapts_beta:
-            _adapt_beta(run, acceptance_probability, moving)
-        run.warmup_done += 1
-        run.steps_since_change += 1
-        if run.warmup_done == anneal_steps:
-            run.steps_since_change = 0
-        if precondition:
-            _accumulate_moments(run)
-            if run.warmup_done in refits:
-                moments = run.moments
-                run.reference = fit_reference(
-                    moments["count"], moments["sum"], moments["outer"], run.layout.dtype
+    with _engine_threads(run):
+        for _ in range(n_steps):
+            if config.adaptive_epsilon:
+                moving = run.warmup_done < anneal_steps
+                epsilon = run.epsilon_current if moving else run.epsilon_target
+            else:
+                epsilon = epsilon_schedule(
+                    run.warmup_done,
+                    config.warmup,
+                    run.epsilon_start,
+                    run.epsilon_target,
+                    config.anneal_fraction,
                 )
+                moving = run.warmup_done < anneal_steps and run.epsilon_start > run.epsilon_target
+            accepted, acceptance_probability, _, _ = _kernel_step(run, epsilon)
+            if config.adaptive_epsilon and moving:
+                # Beta stays at 1 meanwhile, so the acceptance measures how well the chains move
+                # at this epsilon (one host read per annealing step).
+                rate = float(acceptance_probability.float().mean())
+                update = EPSILON_GAIN * (rate - EPSILON_TARGET_ACCEPTANCE)
+                run.epsilon_current = float(epsilon * math.exp(-update))
+                if run.warmup_done + 1 == anneal_steps:
+                    run.epsilon_target = run.epsilon_current
+            elif config.adapts_beta:
+                _adapt_beta(run, acceptance_probability, moving)
+            run.warmup_done += 1
+            run.steps_since_change += 1
+            if run.warmup_done == anneal_steps:
                 run.steps_since_change = 0
-            # While epsilon moves, each fit uses the states since the previous one (the target
-            # changes); once it is held, the states pile up so later fits use more of them.
-            if run.warmup_done <= anneal_steps and (
-                run.warmup_done in refits or run.warmup_done == anneal_steps
-            ):
-                _reset_moments(run)
-        _progress_postfix(run, epsilon, accepted, "warmup")
-        _after_step(run)
+            if precondition:
+                _accumulate_moments(run)
+                if run.warmup_done in refits:
+                    moments = run.moments
+                    fit_start = time.perf_counter()
+                    run.reference = fit_reference(
+                        moments["count"], moments["sum"], moments["outer"], run.layout.dtype
+                    )
+                    run.reference_fit_seconds += time.perf_counter() - fit_start
+                    run.steps_since_change = 0
+                # While epsilon moves, each fit uses the states since the previous one (the target
+                # changes); once it is held, the states pile up so later fits use more of them.
+                if run.warmup_done <= anneal_steps and (
+                    run.warmup_done in refits or run.warmup_done == anneal_steps
+                ):
+                    _reset_moments(run)
+            _progress_postfix(run, epsilon, accepted, "warmup")
+            _after_step(run)
     run.seconds["warmup"] += time.perf_counter() - start
     run.simulate_seconds_in_steps += run.simulator.seconds - simulate_before
     return run
@@ -645,22 +678,23 @@ def sample(run: AbcRun, n_draws: int | None = None) -> AbcRun:
     records = run.records
     start = time.perf_counter()
     simulate_before = run.simulator.seconds
-    for _ in range(n_steps):
-        accepted, _, n_simulations, cap_hits = _kernel_step(run, epsilon)
-        draw, offset = divmod(run.sampling_steps_done, config.thin)
-        records["n_simulations"][:, draw] += n_simulations
-        if cap_hits is not None:
-            records["cap_hits"][:, draw] += cap_hits.to(torch.int64)
-        if offset == config.thin - 1:
-            records["values"][:, draw] = run.state.values
-            records["distance"][:, draw] = run.state.distance
-            records["accepted"][:, draw] = accepted
-            records["epsilon"][:, draw] = epsilon
-            if beta is not None:
-                records["beta"][:, draw] = beta
-        run.sampling_steps_done += 1
-        _progress_postfix(run, epsilon, accepted, "sampling")
-        _after_step(run)
+    with _engine_threads(run):
+        for _ in range(n_steps):
+            accepted, _, n_simulations, cap_hits = _kernel_step(run, epsilon)
+            draw, offset = divmod(run.sampling_steps_done, config.thin)
+            records["n_simulations"][:, draw] += n_simulations
+            if cap_hits is not None:
+                records["cap_hits"][:, draw] += cap_hits.to(torch.int64)
+            if offset == config.thin - 1:
+                records["values"][:, draw] = run.state.values
+                records["distance"][:, draw] = run.state.distance
+                records["accepted"][:, draw] = accepted
+                records["epsilon"][:, draw] = epsilon
+                if beta is not None:
+                    records["beta"][:, draw] = beta
+            run.sampling_steps_done += 1
+            _progress_postfix(run, epsilon, accepted, "sampling")
+            _after_step(run)
     run.seconds["sampling"] += time.perf_counter() - start
     run.simulate_seconds_in_steps += run.simulator.seconds - simulate_before
     return run
@@ -676,6 +710,7 @@ def _timings(run: AbcRun) -> dict[str, float]:
         "sampling": run.seconds["sampling"],
         "simulate": run.simulator.seconds,
         "simulate_in_steps": run.simulate_seconds_in_steps,
+        "reference_fit": run.reference_fit_seconds,
         "total": total,
         "overhead_fraction": min(max(overhead, 0.0), 1.0),
     }
@@ -808,6 +843,7 @@ def save_run(run: AbcRun, path: str) -> None:
         "prior_values": run.prior_values,
         "seconds": dict(run.seconds),
         "simulate_seconds_in_steps": run.simulate_seconds_in_steps,
+        "reference_fit_seconds": run.reference_fit_seconds,
         "reference": None
         if run.reference is None
         else {name: tensor.cpu() for name, tensor in run.reference._asdict().items()},
@@ -925,6 +961,7 @@ def load_run(
     run.prior_values = payload["prior_values"]
     run.seconds = dict(payload["seconds"])
     run.simulate_seconds_in_steps = float(payload["simulate_seconds_in_steps"])
+    run.reference_fit_seconds = float(payload.get("reference_fit_seconds", 0.0))
     if payload["reference"] is not None:
         run.reference = GaussianReference(
             **{name: tensor.to(device) for name, tensor in payload["reference"].items()}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import pyro
@@ -85,6 +85,8 @@ class Simulator:
         self.n_simulations = 0
         self.seconds = 0.0
         self.synchronize_timing = synchronize_timing and self.device.type == "cuda"
+        # Inside engine_threads: torch's CPU thread count to simulate with (None: leave it).
+        self._simulation_threads: int | None = None
         self._features: int | None = None
         self.observed_summary = self._summarize(
             {name: value.unsqueeze(0) for name, value in self.observation.items()}, batch=1
@@ -119,6 +121,44 @@ class Simulator:
         """Set the distance callable ``(summaries (B, K), observed (1, K)) -> (B,)``."""
         self.distance = distance
 
+    @contextlib.contextmanager
+    def engine_threads(self, threads: int = 1) -> Iterator[None]:
+        """Run the caller's torch CPU ops on ``threads`` threads inside the block, while every
+        simulation (program, summary, distance) runs on the count set when the block is entered.
+
+        Why: the run loop's per-step arithmetic is a few dozen ops on ``(chains, D)`` tensors of
+        tens of microseconds each. With several threads each op wakes the sleeping OpenMP
+        workers (``OMP_WAIT_POLICY=PASSIVE``), which costs about as much as the op itself, more
+        on an idle virtual machine; the rendering inside simulate is long enough to use them
+        well. A no-op off the CPU, when the count is already at most ``threads``, or inside
+        another ``engine_threads`` block. Not thread-safe: torch's thread count is global.
+        """
+        current = torch.get_num_threads()
+        if self.device.type != "cpu" or current <= threads or self._simulation_threads is not None:
+            yield
+            return
+        self._simulation_threads = current
+        torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(current)
+            self._simulation_threads = None
+
+    @contextlib.contextmanager
+    def _simulating(self) -> Iterator[None]:
+        """Simulate on the thread count set when :meth:`engine_threads` was entered."""
+        threads = self._simulation_threads
+        engine = torch.get_num_threads()
+        if threads is None or threads == engine:
+            yield
+            return
+        torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(engine)
+
     def _cuda_index(self) -> int:
         return self.device.index if self.device.index is not None else torch.cuda.current_device()
 
@@ -150,6 +190,13 @@ class Simulator:
             ``(u_out, values, summaries)``: ``u`` with the given sites replaced by their inverse
             transforms ``(B, D)``, the latent values ``(B, latent_dim)``, summaries ``(B, K)``.
         """
+        with self._simulating():
+            return self._run(u, given)
+
+    def _run(
+        self, u: torch.Tensor, given: Mapping[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`run` on the thread count already set."""
         start = self._clock()
         batch = u.shape[0]
         # A CPU generator: reading its draw is not a device synchronization.
@@ -185,11 +232,12 @@ class Simulator:
         """Simulate ``u`` ``(B, D)`` and measure the distance to the observation: a Simulation."""
         if self.distance is None:
             raise RuntimeError("set the distance (set_distance) before simulating distances")
-        _, values, summaries = self.run(u)
-        start = self._clock()
-        with torch.no_grad():
-            distance = self.distance(summaries, self.observed_summary)
-        self.seconds += self._clock() - start
+        with self._simulating():
+            _, values, summaries = self._run(u)
+            start = self._clock()
+            with torch.no_grad():
+                distance = self.distance(summaries, self.observed_summary)
+            self.seconds += self._clock() - start
         if distance.shape != (u.shape[0],):
             raise ValueError(
                 f"the distance must return shape (B,) = ({u.shape[0]},), got "
@@ -204,9 +252,10 @@ class Simulator:
 
         Returns ``(u_out, simulation)`` where ``u_out`` maps the given values back to ``u``.
         """
-        u_out, values, summaries = self.run(u, given=given)
-        with torch.no_grad():
-            distance = self.distance(summaries, self.observed_summary)
+        with self._simulating():
+            u_out, values, summaries = self._run(u, given=given)
+            with torch.no_grad():
+                distance = self.distance(summaries, self.observed_summary)
         return u_out, Simulation(values, summaries, distance)
 
     def state_dict(self) -> dict[str, Any]:

@@ -79,21 +79,32 @@ class GaussianReference(NamedTuple):
         return nu + ((nu @ self.basis) * (self.scale - 1.0)) @ self.basis.T
 
     def squared_mahalanobis(
-        self, u: torch.Tensor, projected: torch.Tensor | None = None
+        self,
+        u: torch.Tensor,
+        projected: torch.Tensor | None = None,
+        centred: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``(u - mean)^T S^-1 (u - mean)`` per chain: ``(C, D) -> (C,)``.
 
-        ``projected``: ``(u - mean) @ basis`` ``(C, k)`` when already known (saves a matmul).
+        ``projected``: ``(u - mean) @ basis`` ``(C, k)`` when already known (saves a matmul);
+        ``centred``: ``u - mean`` ``(C, D)`` when already known (saves a pass over ``u``).
         """
-        centred = u - self.mean
+        if centred is None:
+            centred = u - self.mean
         if projected is None:
             projected = centred @ self.basis
         correction = (projected.square() * (self.scale.square().reciprocal() - 1.0)).sum(-1)
         return centred.square().sum(-1) + correction
 
-    def log_weight(self, u: torch.Tensor, projected: torch.Tensor | None = None) -> torch.Tensor:
-        """:func:`reference_log_weight` of ``u`` ``(C, D)``, given its projection if known."""
-        return 0.5 * (self.squared_mahalanobis(u, projected) - u.square().sum(-1))
+    def log_weight(
+        self,
+        u: torch.Tensor,
+        projected: torch.Tensor | None = None,
+        centred: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """:func:`reference_log_weight` of ``u`` ``(C, D)``, given its projection and
+        ``u - mean`` if known."""
+        return 0.5 * (self.squared_mahalanobis(u, projected, centred) - u.square().sum(-1))
 
 
 def reference_log_weight(reference: GaussianReference | None, u: torch.Tensor) -> torch.Tensor:
@@ -252,14 +263,21 @@ def step_with_noise(
         centred = state.u - reference.mean
         projected = centred @ reference.basis
         nu_projected = noise.nu @ reference.basis
-        offset = noise.nu + (nu_projected * (reference.scale - 1.0)) @ reference.basis.T
         a = noise.a.unsqueeze(-1)
         keep = torch.sqrt(1.0 - a * a)
-        proposal = reference.mean + keep * centred + a * offset
+        # proposal = m + keep (u - m) + a (nu + B ((scale - 1) B^T nu)), accumulated in place in
+        # this step's own temporaries (three fewer (C, D) allocations); IEEE addition and
+        # multiplication commute, so these are the same bits as the expression written out.
+        offset = (nu_projected * (reference.scale - 1.0)) @ reference.basis.T
+        offset += noise.nu
+        offset *= a
+        proposal = keep * centred
+        proposal += reference.mean
+        proposal += offset
         proposal_projected = keep * projected + a * reference.scale * nu_projected
         log_weight_change = reference.log_weight(
             proposal, proposal_projected
-        ) - reference.log_weight(state.u, projected)
+        ) - reference.log_weight(state.u, projected, centred)
     simulation = simulate(proposal)
     log_ratio = log_acceptance_ratio(simulation.distance, state.distance, epsilon, abc_kernel)
     if log_weight_change is not None:
