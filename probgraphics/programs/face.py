@@ -35,6 +35,7 @@ import pyro.distributions as dist
 import torch
 
 from probgraphics.morphable import MorphableModel
+from probgraphics.programs.dcign import _check_noise
 from probgraphics.programs.registry import register
 from probgraphics.render import render_mesh, rotation_matrix
 
@@ -289,8 +290,7 @@ def face(
         )
     if color not in ("gray", "rgb"):
         raise ValueError(f"color must be 'gray' or 'rgb', got {color!r}")
-    if not (isinstance(noise, int | float) and math.isfinite(noise) and noise > 0):
-        raise ValueError(f"noise must be a finite float > 0, got {noise!r}; try 0.02")
+    noise = _check_noise(noise, "face")
     if backend not in ("auto", "numba", "torch"):
         raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
     if model is None:
@@ -315,7 +315,7 @@ def face(
     return FaceProgram(
         resolution=resolution,
         color=color,
-        noise=float(noise),
+        noise=noise,
         model=model,
         backend=backend,
         n_shape=n_shape,

@@ -133,6 +133,7 @@ def test_registry():
         ({"resolution": 64.0}, "resolution must be an int"),
         ({"color": "cmyk"}, "color must be"),
         ({"noise": 0.0}, "noise must be"),
+        ({"noise": True}, "noise must be"),
         ({"n_shape": 500}, "n_shape must be an int in"),
         ({"backend": "opengl"}, "backend must be"),
         ({"pose_range": (10, -10)}, "pose_range"),
