@@ -213,6 +213,21 @@ def _resolve_summary(spec: str) -> tuple[Any, str]:
     return summary, f"pretrained encoder {name!r}" + (f", groups {groups}" if groups else "")
 
 
+def _resolve_guide(spec: str, program: Any, device: Any) -> Any:
+    """``--guide``: a bundled guide network's name or a checkpoint path, as an ``EncoderGuide``
+    of ``program``; anything that does not load or fit the program is a usage error."""
+    from probgraphics.nets import CheckpointError
+    from probgraphics.nets.guides import load_guide
+
+    try:
+        return load_guide(spec, program, device=device)
+    except (CheckpointError, FileNotFoundError, ValueError, TypeError) as error:
+        raise UsageError(
+            f"--guide {spec!r} cannot guide this program: {error} (bundled guides: "
+            "face-guide-64 for the face program at resolution 64)"
+        ) from None
+
+
 def _image_argument(text: str) -> Path:
     from probgraphics.imageio import sample_face_photo
 
@@ -309,7 +324,14 @@ def _infer(args: argparse.Namespace) -> int:
         "simulations": args.simulations,
     }
     options = {key: value for key, value in options.items() if value is not None}
-    options.update(summary=summary, seed=args.seed, device=str(device), progress=not args.quiet)
+    options.update(seed=args.seed, device=str(device))
+    if args.method != "guide":
+        options.update(summary=summary, progress=not args.quiet)
+    else:
+        summary_text = "amortized (no simulations)"
+    if args.method == "guide" or args.init == "guide":
+        options["guide"] = _resolve_guide(args.guide, program, device)
+        summary_text += f", guide {args.guide}"
     sizes = ", ".join(
         f"{key} {value}"
         for key, value in options.items()
@@ -329,8 +351,10 @@ def _infer(args: argparse.Namespace) -> int:
     stats = [
         f"{posterior.n_simulations} simulations in {posterior.wall_time:.1f}s "
         f"({posterior.simulations_per_second:.0f}/s)"
+        if posterior.n_simulations
+        else f"amortized posterior (no simulations) in {posterior.wall_time:.2f}s"
     ]
-    if "accepted" in posterior.sample_stats:
+    if "accepted" in posterior.sample_stats and posterior.n_simulations:
         stats.append(f"acceptance {posterior.sample_stats['accepted'].float().mean():.2f}")
     print(", ".join(stats))
 
@@ -630,7 +654,14 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument(
         "--method",
         default="abc_mcmc",
-        help="abc_mcmc, abc_slice or abc_rejection (default: %(default)s)",
+        help="abc_mcmc, abc_slice, abc_rejection, or guide (the trained guide's amortized "
+        "posterior, no simulations; see --guide) (default: %(default)s)",
+    )
+    infer.add_argument(
+        "--guide",
+        default="face-guide-64",
+        help="trained guide for --method guide and --init guide: a bundled network name or a "
+        "checkpoint path (default: %(default)s)",
     )
     infer.add_argument(
         "--summary",
@@ -649,8 +680,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     infer.add_argument(
         "--init",
-        choices=("pilot", "prior"),
-        help="chain start: best pilot simulations or prior draws (default: pilot)",
+        choices=("pilot", "prior", "guide"),
+        help="chain start: best pilot simulations, prior draws, or draws of the trained "
+        "guide's q(z | image) (--guide) (default: pilot)",
     )
     infer.add_argument(
         "--pilot-size",

@@ -187,6 +187,9 @@ def test_infer_wrong_size_exits_2(tmp_path, capsys):
         (["--program", "linear_gaussian"], "no image resolution"),
         (["--summary", "no-such-summary"], "unknown --summary"),
         (["--device", "cuda:99"], "--device cpu"),
+        (["--method", "guide", "--guide", "nope"], "no pretrained network named 'nope'"),
+        # face-guide-64 encodes 64 px images; this program observes 32 px ones.
+        (["--init", "guide", "--program-option", "resolution=32"], "cannot guide this program"),
     ],
 )
 def test_infer_bad_options_exit_2(face_png, tmp_path, capsys, extra, message):
@@ -371,3 +374,19 @@ def test_infer_with_a_pretrained_encoder_summary(face_png, monkeypatch, tmp_path
     assert "pretrained encoder 'tiny-dcign', groups azimuth,light" in capsys.readouterr().out
     assert main([*argv, "--program-option", "resolution=64"]) == 2
     assert "--program-option resolution=" in capsys.readouterr().err
+
+
+def test_infer_method_guide_writes_the_amortized_posterior(tmp_path, capsys):
+    from probgraphics.inference.posterior import Posterior
+
+    out = tmp_path / "photo.nc"
+    argv = ["infer", "sample-photo", "--method", "guide", "--draws", "50", "--out", str(out)]
+    assert main([*argv, "--seed", "4", "--quiet"]) == 0
+    posterior = Posterior.load(out)
+    assert posterior.n_simulations == 0 and posterior.num_draws == 50
+    azimuth = posterior.samples["azimuth"]
+    # Draws of q(z | photo) lie in the site's support and are not all the same.
+    assert bool(((azimuth > -90) & (azimuth < 90)).all()) and float(azimuth.std()) > 0
+    printed = capsys.readouterr().out
+    assert "guide face-guide-64" in printed and "no simulations" in printed
+    assert (tmp_path / "photo.png").read_bytes()[:8] == PNG_MAGIC
