@@ -22,6 +22,7 @@ from probgraphics.nets.summaries import EncoderSummary, evaluation_mode
 
 __all__ = [
     "azimuth_error",
+    "azimuth_errors",
     "evaluate_dcign",
     "evaluate_muvae",
     "factor_correlations",
@@ -234,6 +235,15 @@ def azimuth_error(predicted: torch.Tensor, true: torch.Tensor) -> dict[str, floa
     angles unrelated to the truth give a mean error of about 90 degrees.
     """
     return _azimuth_fit(predicted, true)[0]
+
+
+def azimuth_errors(
+    predicted: torch.Tensor, true: torch.Tensor
+) -> tuple[dict[str, float], torch.Tensor]:
+    """:func:`azimuth_error`'s fit and the per-item absolute errors ``(n,)`` float64 radians
+    (CPU) under that one fitted frame, for breaking the error down by group (e.g. per shape
+    class) without fitting a frame per group."""
+    return _azimuth_fit(predicted, true)
 
 
 def evaluate_muvae(
