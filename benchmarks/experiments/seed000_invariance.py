@@ -56,7 +56,6 @@ import argparse
 import dataclasses
 import math
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -68,37 +67,21 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# This folder (_shared.py) and benchmarks/ (_common.py): the scripts are run as files.
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from _common import RESULTS, format_table, write_json  # noqa: E402
+import _shared  # noqa: E402
+from _common import format_table  # noqa: E402
 
-from probgraphics.atomic import atomic_write_text  # noqa: E402
 from probgraphics.config import set_num_threads  # noqa: E402
-from probgraphics.nets import (  # noqa: E402
-    DCIGN,
-    CheckpointError,
-    DCIGNConfig,
-    EncoderSummary,
-    load_checkpoint,
-    save_checkpoint,
-)
+from probgraphics.nets import DCIGN, DCIGNConfig, EncoderSummary, save_checkpoint  # noqa: E402
 
 NAME = "seed000_invariance"
-SCRIPT = "benchmarks/experiments/seed000_invariance.py"
 #: Held-out faces are drawn with seed HELD_OUT_SEED + --seed.
 HELD_OUT_SEED = 3_000_000
 FACTORS = ("azimuth", "elevation", "light")
 #: The |angle|s (degrees) of the table.
 TABLE_ANGLES = (15, 45, 90)
-#: The identity code (seed 000's z[4, n]) is this group of the DC-IGN layout.
-IDENTITY_GROUP = "intrinsic"
-
-#: A toy DC-IGN for ``--size tiny`` (32 px, two narrow stages, 16-unit code): exercises every
-#: code path in seconds.
-TINY_DCIGN = DCIGNConfig(
-    image_size=32, channels=(8, 8), decoder_channels=(8, 8), padding=2, code_size=16
-)
-SIZE_NAMES = ("tiny", "quick", "full")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +119,7 @@ def _sizes() -> dict[str, dict[str, Any]]:
 
     return {
         "tiny": {
-            "config": TINY_DCIGN,
+            "config": _shared.TINY_DCIGN,
             "steps": 5,
             "batch_size": 4,
             "faces": 2,
@@ -157,79 +140,6 @@ def _sizes() -> dict[str, dict[str, Any]]:
             "angle_step": 3.0,
         },
     }
-
-
-# --------------------------------------------------------------------------------------------
-# Shared by the seed 000 experiment scripts (seed000_verification.py imports these)
-# --------------------------------------------------------------------------------------------
-
-
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every experiment script takes: size, seed, threads, out-dir, device."""
-    parser.add_argument(
-        "--size",
-        choices=SIZE_NAMES,
-        default="quick",
-        help="tiny: toy sizes for the test suite (seconds; numbers mean nothing); quick "
-        "(default): a few minutes on a CPU; full: the real experiment",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="the experiment's seed (default 0)")
-    parser.add_argument("--threads", type=int, default=None, help="torch and numba threads")
-    parser.add_argument(
-        "--out-dir",
-        type=Path,
-        default=RESULTS,
-        help=f"where NAME.md, NAME.png and NAME.json go (default {RESULTS})",
-    )
-    parser.add_argument("--device", default="cpu", help="device for the networks (cpu, cuda)")
-
-
-def command_line(script: str, argv: Sequence[str]) -> str:
-    """The shell command that reproduces this run."""
-    return shlex.join(["python", script, *argv])
-
-
-def load_dcign(path: Path, who: str) -> DCIGN:
-    """The DC-IGN in checkpoint ``path`` (kind ``"dcign"``), or exit with the reason."""
-    try:
-        return load_checkpoint(path, expected_kind="dcign").module
-    except (FileNotFoundError, CheckpointError) as error:
-        raise SystemExit(f"{who}: cannot use {path} as a DC-IGN: {error}") from None
-
-
-def identity_summary_of(net: DCIGN, device: str, who: str) -> EncoderSummary:
-    """The encoder's posterior mean restricted to the identity group, on ``device``."""
-    summary = EncoderSummary(net.to(device))
-    if summary.layout is None or IDENTITY_GROUP not in summary.layout:
-        groups = list(summary.layout) if summary.layout is not None else []
-        raise SystemExit(
-            f"{who}: the network's code layout has no {IDENTITY_GROUP!r} group (it has "
-            f"{groups}); the identity code is seed 000's z[4, n], the layout's "
-            f"{IDENTITY_GROUP!r} units."
-        )
-    return summary.subset(IDENTITY_GROUP)
-
-
-def write_outputs(
-    out_dir: Path, name: str, *, markdown: str, figure, payload: dict[str, Any]
-) -> dict[str, Path]:
-    """Write ``name``.md, .png (``figure``, a matplotlib Figure) and .json (``payload`` plus the
-    machine) into ``out_dir``, each atomically; returns the three paths."""
-    from probgraphics.plots import save_figure
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "md": atomic_write_text(out_dir / f"{name}.md", markdown, fsync=False),
-        "png": save_figure(figure, out_dir / f"{name}.png"),
-    }
-    paths["json"] = write_json(name, payload, directory=out_dir)
-    return paths
-
-
-def check_positive(value: int | None, label: str, minimum: int = 1) -> None:
-    if value is not None and value < minimum:
-        raise SystemExit(f"{label} must be >= {minimum}, got {value}.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,7 +240,7 @@ def train_variant(
         evaluate=False,
         command=command,
     )
-    return load_dcign(out_path, NAME)
+    return _shared.load_dcign(out_path, NAME)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -484,12 +394,13 @@ def markdown_report(
     command: str, rows: list[dict], orders: list[dict], settings: dict, nets: dict
 ) -> str:
     angle_columns = [f"±{magnitude}°" for magnitude in TABLE_ANGLES]
+    group = _shared.IDENTITY_GROUP
     lines = [
         "# Seed 000 figure 9 (d-f): invariance of the identity code",
         "",
         f"`{command}`",
         "",
-        f"Cosine distance between the identity code (`{IDENTITY_GROUP}` units, encoder posterior "
+        f"Cosine distance between the identity code (`{group}` units, encoder posterior "
         "mean) of each image and that of the same face's frontal image (azimuth = elevation = "
         f"light = 0), mean ± standard error over {settings['faces']} held-out faces (+a and -a "
         "pooled). Lower is more invariant. The paper gives figure 9 (d-f) as plots only (no "
@@ -542,12 +453,11 @@ def parse_weights(values: Sequence[str]) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         epilog="Networks: " + "; ".join(f"{k}: {v.label}" for k, v in VARIANTS.items()),
     )
-    add_common_arguments(parser)
+    _shared.add_common_arguments(parser)
     parser.add_argument(
         "--nets",
         nargs="+",
@@ -575,19 +485,17 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
     size = _sizes()[args.size]
-    steps = args.steps or size["steps"]
-    batch_size = args.batch_size or size["batch_size"]
-    faces = args.faces or size["faces"]
-    check_positive(steps, "--steps")
-    check_positive(batch_size, "--batch-size", 2)
-    check_positive(faces, "--faces")
+    problems = _shared.fill_from_preset(args, size, {"steps": 1, "batch_size": 2, "faces": 1})
+    if problems:
+        parser.error("; ".join(problems))
+    steps, batch_size, faces = args.steps, args.batch_size, args.faces
     if args.angle_step is not None:
         angles = angle_grid(args.angle_step)
     else:
         angles = size.get("angles") or angle_grid(size["angle_step"])
     threads = set_num_threads(args.threads)
     weights = parse_weights(args.weights)
-    command = command_line(SCRIPT, argv)
+    command = _shared.command_line(NAME, argv)
 
     from probgraphics.programs.face import face
 
@@ -602,7 +510,7 @@ def main(argv: list[str] | None = None) -> dict:
             variant = VARIANTS.get(key)
             label = variant.label if variant is not None else key
             if key in weights:
-                networks[key] = load_dcign(weights[key], NAME)
+                networks[key] = _shared.load_dcign(weights[key], NAME)[0]
                 nets_info[key] = {"label": label, "source": f"loaded from {weights[key]}"}
                 continue
             out_path = folder / f"{key}.pt"
@@ -643,7 +551,7 @@ def main(argv: list[str] | None = None) -> dict:
             renders_by_resolution[resolution] = sweep_renders(
                 face(resolution=resolution), faces, angles, seed=HELD_OUT_SEED + args.seed
             )
-        summary = identity_summary_of(net, args.device, NAME)
+        summary = _shared.identity_summary_of(net, args.device, NAME)
         distances, between = invariance_distances(
             summary, renders_by_resolution[resolution], angles, args.device
         )
@@ -717,8 +625,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ordering": orders,
         "paper_ordering": list(PAPER_ORDER),
     }
-    paths = write_outputs(args.out_dir, NAME, markdown=markdown, figure=fig, payload=payload)
-    print("wrote " + ", ".join(str(path) for path in paths.values()))
+    _shared.write_outputs(args.out_dir, NAME, markdown=markdown, figure=fig, payload=payload)
     return payload
 
 

@@ -43,7 +43,6 @@ import dataclasses
 import inspect
 import math
 import os
-import shlex
 import sys
 import tempfile
 import textwrap
@@ -54,11 +53,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# This folder (_shared.py) and benchmarks/ (_common.py): the scripts are run as files.
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from _common import RESULTS, format_table, write_json  # noqa: E402
-from seed001_factors import BUNDLED, load_dcign  # noqa: E402
+import _shared  # noqa: E402
+from _common import format_table  # noqa: E402
 from summary_comparison import (  # noqa: E402
     ANGLES,
     HELD_OUT_SEED,
@@ -71,7 +70,6 @@ from summary_comparison import (  # noqa: E402
 import probgraphics as pg  # noqa: E402
 from probgraphics import training  # noqa: E402
 from probgraphics.api import prepare_abc, resolve_device  # noqa: E402
-from probgraphics.atomic import atomic_write_text  # noqa: E402
 from probgraphics.config import set_num_threads  # noqa: E402
 from probgraphics.inference import runner  # noqa: E402
 
@@ -143,14 +141,6 @@ def parse_weights(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     return weights
 
 
-def bundled_dcign():
-    """The bundled ``dcign-face-64`` DC-IGN, or ``None`` when it is not installed."""
-    try:
-        return pg.nets.pretrained(BUNDLED, kind="model")
-    except KeyError:
-        return None
-
-
 def train_dcign(code_size: int, folder: Path, *, steps: int, batch_size: int, seed: int):
     """Train the ``dcign-face-64`` recipe with a code of ``code_size`` units; returns
     ``(DCIGN, info)`` with the training time (``seconds``, wall clock of the whole recipe)."""
@@ -186,14 +176,10 @@ def train_dcign(code_size: int, folder: Path, *, steps: int, batch_size: int, se
 
 def random_dcign(resolution: int, seed: int):
     """The recipe's architecture (code 200) at ``resolution``, initialized, never trained."""
-    from probgraphics.nets import DCIGN
-
     config = dataclasses.replace(
         training.DCIGN_FACE_64, image_size=resolution, code_size=RANDOM_CODE_SIZE, layout=None
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return training.initialize_dcign(DCIGN(config)).eval()
+    return _shared.untrained_dcign(config, seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,11 +311,9 @@ def figure(labels: list[str], traces: dict, rows: list[dict], warmup: int, title
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=tuple(SIZES), default="quick")
-    parser.add_argument("--seed", type=int, default=0, help="training, random net and ABC seed")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out-dir", type=Path, default=RESULTS)
-    parser.add_argument("--device", default="cpu", help="where ABC runs")
+    _shared.add_common_arguments(
+        parser, seed_help="training, random net and ABC seed", device_help="where ABC runs"
+    )
     parser.add_argument("--images", type=int, default=None, help="held-out scenes")
     parser.add_argument("--budget", type=int, default=None, help="simulations per run")
     parser.add_argument("--chains", type=int, default=None, help="chains per run")
@@ -356,21 +340,17 @@ def main(argv: list[str] | None = None) -> dict:
         help="where chains start: the best pilot simulations (infer's default) or prior draws",
     )
     args = parser.parse_args(argv)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    command = f"python benchmarks/experiments/{NAME}.py {shlex.join(argv)}".rstrip()
+    command = _shared.command_line(NAME, argv)
     preset = SIZES[args.size]
-    chosen = {
-        key: preset[key] if getattr(args, key) is None else getattr(args, key)
-        for key in ("images", "budget", "chains", "renders", "train_steps", "trace_chains")
-    }
-    for key, value in chosen.items():
-        if value < 1:
-            parser.error(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+    keys = ("images", "budget", "chains", "renders", "train_steps", "trace_chains")
+    problems = _shared.fill_from_preset(args, preset, dict.fromkeys(keys, 1))
+    if problems:
+        parser.error("; ".join(problems))
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
-    n_images, budget, chains = chosen["images"], chosen["budget"], chosen["chains"]
-    renders, train_steps = chosen["renders"], chosen["train_steps"]
-    trace_chains = min(chosen["trace_chains"], chains)
+    n_images, budget, chains = args.images, args.budget, args.chains
+    renders, train_steps = args.renders, args.train_steps
+    trace_chains = min(args.trace_chains, chains)
     try:
         code_sizes = {int(k) for k in args.code_sizes.split(",") if k.strip()}
     except ValueError:
@@ -392,12 +372,12 @@ def main(argv: list[str] | None = None) -> dict:
     info: dict[int, dict] = {}
     for k in code_sizes:
         if k in weights:
-            nets[k], source = load_dcign(weights[k], NAME)
+            nets[k], source = _shared.load_dcign(weights[k], NAME)
             info[k] = {"source": source}
         elif k == training.DCIGN_FACE_64.code_size and args.size != "tiny":
-            net = bundled_dcign()
+            net = _shared.bundled_dcign()
             if net is not None:
-                nets[k], info[k] = net, {"source": f"bundled {BUNDLED}"}
+                nets[k], info[k] = net, {"source": f"bundled {_shared.BUNDLED_DCIGN}"}
         if k in nets and nets[k].config.code_size != k:
             raise SystemExit(
                 f"{NAME}: the checkpoint given for code size {k} ({info[k]['source']}) has a "
@@ -567,13 +547,6 @@ def main(argv: list[str] | None = None) -> dict:
             "",
         ]
     )
-    out_dir = args.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    from probgraphics.plots import save_figure
-
-    fig = figure(list(summaries), traces, rows, sizes["warmup"], setup)
-    png = save_figure(fig, out_dir / f"{NAME}.png")
-    md = atomic_write_text(out_dir / f"{NAME}.md", markdown, fsync=False)
     payload = {
         "experiment": NAME,
         "paper": "seed 000 section 4.1, figure 6",
@@ -598,9 +571,9 @@ def main(argv: list[str] | None = None) -> dict:
         "traces": traces,
         "checks": checks,
     }
-    path = write_json(NAME, payload, directory=out_dir)
+    fig = figure(list(summaries), traces, rows, sizes["warmup"], setup)
     print(markdown)
-    print(f"wrote {md}, {png}, {path}")
+    _shared.write_outputs(args.out_dir, NAME, markdown=markdown, figure=fig, payload=payload)
     return payload
 
 

@@ -55,28 +55,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# This folder (_shared.py) and benchmarks/ (_common.py): the scripts are run as files.
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
+import _shared  # noqa: E402
 from _common import format_table  # noqa: E402
-from seed000_invariance import (  # noqa: E402
-    IDENTITY_GROUP,
-    TINY_DCIGN,
-    add_common_arguments,
-    check_positive,
-    command_line,
-    identity_summary_of,
-    load_dcign,
-    write_outputs,
-)
 
 from probgraphics.config import set_num_threads  # noqa: E402
 from probgraphics.inference.summaries import pixel_summary  # noqa: E402
 from probgraphics.nets import DCIGN, EncoderSummary  # noqa: E402
 
 NAME = "seed000_verification"
-SCRIPT = "benchmarks/experiments/seed000_verification.py"
-ENCODER_NAME = "dcign-face-64"
 #: Test set ``k`` is drawn with seed HELD_OUT_SEED + 1000 * k + --seed.
 HELD_OUT_SEED = 4_000_000
 SAME_PAIRS = 48
@@ -229,25 +218,12 @@ def verification_pairs(
 
 
 def load_network(weights: Path | None, size: str, seed: int) -> tuple[DCIGN, str]:
-    """The DC-IGN to test and where it came from."""
-    if weights is not None:
-        return load_dcign(weights, NAME), str(weights)
-    if size == "tiny":
-        from probgraphics.training import initialize_dcign
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = initialize_dcign(DCIGN(TINY_DCIGN)).eval()
+    """The DC-IGN to test and where it came from: ``weights``, else (tiny) an untrained toy,
+    else the bundled ``dcign-face-64``."""
+    if weights is None and size == "tiny":
+        net = _shared.untrained_dcign(_shared.TINY_DCIGN, seed)
         return net, "untrained toy DC-IGN (TINY_DCIGN, initialize_dcign)"
-    from probgraphics.nets import pretrained
-
-    try:
-        return pretrained(ENCODER_NAME, kind="model"), f"bundled {ENCODER_NAME}"
-    except KeyError as error:
-        raise SystemExit(
-            f"{NAME}: no bundled {ENCODER_NAME} ({error.args[0]}) Pass --weights PATH (a DC-IGN "
-            f"checkpoint), or train one with `probgraphics train {ENCODER_NAME}`."
-        ) from None
+    return _shared.load_dcign(weights, NAME)
 
 
 def figure(correlations: dict[str, dict[str, list[float]]], title: str):
@@ -275,15 +251,9 @@ def figure(correlations: dict[str, dict[str, list[float]]], title: str):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_arguments(parser)
-    parser.add_argument(
-        "--weights",
-        type=Path,
-        default=None,
-        help=f"a DC-IGN checkpoint (default: the bundled {ENCODER_NAME}; tiny: an untrained toy)",
-    )
+    _shared.add_common_arguments(parser)
+    _shared.add_dcign_weights_argument(parser)
     parser.add_argument("--sets", type=int, default=None, help="independent 96-pair test sets")
     parser.add_argument(
         "--camera",
@@ -293,16 +263,18 @@ def main(argv: list[str] | None = None) -> dict:
         "like Yildirim et al.'s stimuli; random: each image draws its own framing",
     )
     args = parser.parse_args(argv)
-    sets = args.sets or SIZES[args.size]["sets"]
-    check_positive(sets, "--sets")
+    problems = _shared.fill_from_preset(args, SIZES[args.size], {"sets": 1})
+    if problems:
+        parser.error("; ".join(problems))
+    sets = args.sets
     threads = set_num_threads(args.threads)
-    command = command_line(SCRIPT, argv)
+    command = _shared.command_line(NAME, argv)
 
     from probgraphics.programs.face import face
 
     net, source = load_network(args.weights, args.size, args.seed)
     program = face(resolution=net.config.image_size)
-    identity = identity_summary_of(net, args.device, NAME)
+    identity = _shared.identity_summary_of(net, args.device, NAME)
     representations = {
         "DC-IGN identity code": identity,
         "DC-IGN whole code": EncoderSummary(net),
@@ -395,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"`{command}`",
             "",
             f"Network: {source} ({net.config.image_size} px; identity code = its "
-            f"{len(identity.layout[IDENTITY_GROUP])} `{IDENTITY_GROUP}` units). "
+            f"{len(identity.layout[_shared.IDENTITY_GROUP])} `{_shared.IDENTITY_GROUP}` units). "
             f"{SAME_PAIRS} same + {DIFFERENT_PAIRS} different pairs a set from the face "
             f"program (pose and light independent in every image; camera {args.camera}). "
             "Pearson correlation "
@@ -445,8 +417,7 @@ def main(argv: list[str] | None = None) -> dict:
         "correlations_first_set": {label: values.tolist() for label, values in first_set.items()},
         "same_first_set": labels_first.tolist(),
     }
-    paths = write_outputs(args.out_dir, NAME, markdown=markdown, figure=fig, payload=payload)
-    print("wrote " + ", ".join(str(path) for path in paths.values()))
+    _shared.write_outputs(args.out_dir, NAME, markdown=markdown, figure=fig, payload=payload)
     return payload
 
 

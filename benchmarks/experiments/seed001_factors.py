@@ -31,9 +31,9 @@ Writes ``seed001_factors.md``, ``.png`` and ``.json`` into ``--out-dir`` atomica
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
-import shlex
 import sys
 import textwrap
 from pathlib import Path
@@ -42,18 +42,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# This folder (_shared.py) and benchmarks/ (_common.py): the scripts are run as files.
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from _common import RESULTS, format_table, write_json  # noqa: E402
+import _shared  # noqa: E402
+from _common import format_table  # noqa: E402
 
 import probgraphics as pg  # noqa: E402
 from probgraphics.api import resolve_device  # noqa: E402
-from probgraphics.atomic import atomic_write_text  # noqa: E402
 from probgraphics.config import set_num_threads  # noqa: E402
 
 NAME = "seed001_factors"
-#: The bundled network measured by default.
-BUNDLED = "dcign-face-64"
 FACTORS = ("azimuth", "elevation", "light")
 #: Held-out scenes use seeds EVAL_SEED + --seed (the recipe trains on seed 0's batch stream and
 #: writes its model card with seeds 10_000 and 10_001).
@@ -66,49 +65,9 @@ TARGET_ABS_R = 0.9
 SIZES = {"tiny": 20, "quick": 200, "full": 1000}
 
 
-def load_dcign(weights: Path | None, who: str):
-    """``(DCIGN, description)``: the network in ``weights`` or the bundled ``dcign-face-64``.
-
-    Exits with a message saying what to do when neither is usable (``who`` names the script).
-    """
-    from probgraphics.nets import CheckpointError, load_checkpoint, pretrained
-
-    if weights is not None:
-        try:
-            module = load_checkpoint(weights, expected_kind="dcign").module
-        except (FileNotFoundError, CheckpointError) as error:
-            raise SystemExit(
-                f"{who}: cannot use --weights {weights} as a DC-IGN: {error} (DC-IGN checkpoints "
-                f"are written by `probgraphics train {BUNDLED}`)"
-            ) from None
-        return module, str(weights)
-    try:
-        return pretrained(BUNDLED, kind="model"), BUNDLED
-    except KeyError:
-        raise SystemExit(
-            f"{who}: no DC-IGN weights: the bundled {BUNDLED!r} is not installed and no --weights "
-            f"PATH was given. Run `probgraphics train {BUNDLED}` (then place the .pt in "
-            "probgraphics/nets/weights/ or pass it with --weights PATH)."
-        ) from None
-
-
-def tiny_dcign(seed: int):
-    """A randomly initialized small DC-IGN on 32 px images (``--size tiny``: exercises the code,
-    measures nothing)."""
-    from probgraphics.nets import DCIGN, DCIGNConfig
-    from probgraphics.training import initialize_dcign
-
-    config = DCIGNConfig(
-        image_size=32,
-        channels=(8, 8),
-        padding=2,
-        code_size=16,
-        decoder_channels=(8, 8),
-        decoder_kernel=3,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return initialize_dcign(DCIGN(config)).eval()
+#: The randomly initialized small DC-IGN of ``--size tiny`` (exercises the code, measures
+#: nothing): the shared toy with a 3-wide decoder kernel.
+TINY_CONFIG = dataclasses.replace(_shared.TINY_DCIGN, decoder_kernel=3)
 
 
 def factor_points(summary, program, *, n: int, seed: int, batch_size: int = BATCH_SIZE) -> dict:
@@ -166,21 +125,15 @@ def figure(points: dict, evaluation: dict, title: str):
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=tuple(SIZES), default="quick")
-    parser.add_argument("--seed", type=int, default=0, help="evaluation seed offset (and tiny net)")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out-dir", type=Path, default=RESULTS)
-    parser.add_argument("--device", default="cpu", help="where the network runs")
-    parser.add_argument(
-        "--weights",
-        type=Path,
-        default=None,
-        help=f"a DC-IGN checkpoint (default: the bundled {BUNDLED}; tiny: a random small net)",
+    _shared.add_common_arguments(
+        parser,
+        seed_help="evaluation seed offset (and tiny net)",
+        device_help="where the network runs",
     )
+    _shared.add_dcign_weights_argument(parser)
     parser.add_argument("--scenes", type=int, default=None, help="scenes per factor")
     args = parser.parse_args(argv)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    command = f"python benchmarks/experiments/{NAME}.py {shlex.join(argv)}".rstrip()
+    command = _shared.command_line(NAME, argv)
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
     n = SIZES[args.size] if args.scenes is None else args.scenes
@@ -190,9 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(args.device)
 
     if args.size == "tiny" and args.weights is None:
-        net, source = tiny_dcign(args.seed), "random small DC-IGN (tiny)"
+        net, source = _shared.untrained_dcign(TINY_CONFIG, args.seed), "random small DC-IGN (tiny)"
     else:
-        net, source = load_dcign(args.weights, NAME)
+        net, source = _shared.load_dcign(args.weights, NAME)
     net = net.to(device).eval()
     layout = net.config.layout
     missing = [f for f in FACTORS if f not in layout or len(layout[f]) != 1]
@@ -278,13 +231,6 @@ def main(argv: list[str] | None = None) -> dict:
             "",
         ]
     )
-    out_dir = args.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    from probgraphics.plots import save_figure
-
-    fig = figure(points, evaluation, setup)
-    png = save_figure(fig, out_dir / f"{NAME}.png")
-    md = atomic_write_text(out_dir / f"{NAME}.md", markdown, fsync=False)
     payload = {
         "experiment": NAME,
         "paper": "seed 001 figure 6",
@@ -307,9 +253,9 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "checks": checks,
     }
-    path = write_json(NAME, payload, directory=out_dir)
+    fig = figure(points, evaluation, setup)
     print(markdown)
-    print(f"wrote {md}, {png}, {path}")
+    _shared.write_outputs(args.out_dir, NAME, markdown=markdown, figure=fig, payload=payload)
     return payload
 
 

@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -60,18 +59,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# This folder (_shared.py) and benchmarks/ (_common.py): the scripts are run as files.
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from _common import RESULTS, format_table, machine, write_json_atomically  # noqa: E402
+import _shared  # noqa: E402
+from _common import format_table  # noqa: E402
 
 import probgraphics as pg  # noqa: E402
-from probgraphics.atomic import atomic_write_text  # noqa: E402
 from probgraphics.config import set_num_threads  # noqa: E402
 from probgraphics.data import image_volume_pairs, random_scenes  # noqa: E402
 from probgraphics.evaluation import voxel_iou  # noqa: E402
 from probgraphics.nets.summaries import evaluation_mode  # noqa: E402
 from probgraphics.nets.twin import TwinConfig, TwinTailed  # noqa: E402
-from probgraphics.plots import save_figure  # noqa: E402
 from probgraphics.training import ShuffledBatches  # noqa: E402
 
 NAME = "seed002_volume"
@@ -168,11 +167,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size", choices=tuple(SIZES), default="quick")
-    parser.add_argument("--seed", type=int, default=0, help="training data, init and batches")
-    parser.add_argument("--threads", type=int, default=None, help="torch and numba threads")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where the outputs go")
-    parser.add_argument("--device", default="cpu", help="where the network trains (cpu, cuda)")
+    _shared.add_common_arguments(
+        parser,
+        seed_help="training data, init and batches",
+        device_help="where the network trains (cpu, cuda)",
+    )
     parser.add_argument("--pairs", type=int, default=None, help="training pairs")
     parser.add_argument("--steps", type=int, default=None, help="training steps")
     parser.add_argument("--batch-size", type=int, default=None, help="pairs per step")
@@ -182,20 +181,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gallery", type=int, default=None, help="faces ranked per probe")
     args = parser.parse_args(argv)
     preset = SIZES[args.size]
-    for key in ("pairs", "steps", "batch_size", "test_pairs", "trials", "gallery"):
-        if getattr(args, key) is None:
-            setattr(args, key, preset[key])
-    problems = []
-    for key, minimum in (
-        ("pairs", 2),
-        ("steps", 1),
-        ("batch_size", 2),
-        ("test_pairs", 2),
-        ("trials", 1),
-        ("gallery", 2),
-    ):
-        if getattr(args, key) < minimum:
-            problems.append(f"--{key.replace('_', '-')} must be >= {minimum}")
+    minimums = {"pairs": 2, "steps": 1, "batch_size": 2, "test_pairs": 2, "trials": 1, "gallery": 2}
+    problems = _shared.fill_from_preset(args, preset, minimums)
     if args.batch_size > args.pairs:
         problems.append(f"--batch-size {args.batch_size} exceeds --pairs {args.pairs}")
     if not (math.isfinite(args.lr) and args.lr > 0):
@@ -493,9 +480,7 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    command = shlex.join(
-        ["python", f"benchmarks/experiments/{NAME}.py", *(sys.argv[1:] if argv is None else argv)]
-    )
+    command = _shared.command_line(NAME, argv)
     threads = set_num_threads(args.threads)
     device = torch.device(args.device)
     preset = SIZES[args.size]
@@ -657,27 +642,21 @@ def main(argv: list[str] | None = None) -> dict:
             ],
         },
         "seconds": seconds,
-        "machine": machine(),
     }
 
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_figure(
-        figure(
-            test_images,
-            test_volumes,
-            predicted,
-            train_images[nearest],
-            nearest_volumes,
-            ranks,
-            {key: value["mse"].tolist() for key, value in errors.items()},
-            args,
-        ),
-        out_dir / f"{NAME}.png",
+    fig = figure(
+        test_images,
+        test_volumes,
+        predicted,
+        train_images[nearest],
+        nearest_volumes,
+        ranks,
+        {key: value["mse"].tolist() for key, value in errors.items()},
+        args,
     )
-    atomic_write_text(out_dir / f"{NAME}.md", markdown(result), fsync=False)
-    write_json_atomically(out_dir / f"{NAME}.json", result, default=str)
-    print(markdown(result))
+    report = markdown(result)
+    print(report)
+    _shared.write_outputs(args.out_dir, NAME, markdown=report, figure=fig, payload=result)
     return result
 
 

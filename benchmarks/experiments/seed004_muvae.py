@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -58,17 +57,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# This folder (_shared.py) and benchmarks/ (_common.py): the scripts are run as files.
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from _common import RESULTS, format_table, machine, write_json_atomically  # noqa: E402
+import _shared  # noqa: E402
+from _common import format_table  # noqa: E402
 
-from probgraphics.atomic import atomic_write_text  # noqa: E402
 from probgraphics.config import set_num_threads  # noqa: E402
 from probgraphics.data import procedural_shapes  # noqa: E402
 from probgraphics.evaluation import azimuth_errors, evaluate_muvae, voxel_iou  # noqa: E402
 from probgraphics.nets import CheckpointError, MuVAE, MuVAEConfig, load_checkpoint  # noqa: E402
 from probgraphics.nets.summaries import evaluation_mode  # noqa: E402
-from probgraphics.plots import image_grid, save_figure  # noqa: E402
+from probgraphics.plots import image_grid  # noqa: E402
 from probgraphics.render.voxel import project, rotate_about_vertical  # noqa: E402
 from probgraphics.training import MUVAE_SHAPES, _subset_shapes, muvae_shapes  # noqa: E402
 
@@ -138,11 +138,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size", choices=tuple(SIZES), default="quick")
-    parser.add_argument("--seed", type=int, default=0, help="held-out draw and training seed")
-    parser.add_argument("--threads", type=int, default=None, help="torch and numba threads")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where the outputs go")
-    parser.add_argument("--device", default="cpu", help="where the evaluation runs")
+    _shared.add_common_arguments(
+        parser, seed_help="held-out draw and training seed", device_help="where the evaluation runs"
+    )
     parser.add_argument("--weights", type=Path, default=None, help="a MuVAE checkpoint")
     parser.add_argument("--train", action="store_true", help="train here even if weights exist")
     parser.add_argument("--steps", type=int, default=None, help="training steps when training")
@@ -153,20 +151,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--candidates", type=int, default=None, help="azimuths tried per held-out image"
     )
     args = parser.parse_args(argv)
-    preset = SIZES[args.size]
-    for key in ("steps", "n_shapes", "batch_size", "shapes", "candidates"):
-        if getattr(args, key) is None:
-            setattr(args, key, preset[key])
-    problems = []
-    for key, minimum in (
-        ("steps", 1),
-        ("n_shapes", 2),
-        ("batch_size", 2),
-        ("shapes", 2),
-        ("candidates", 2),
-    ):
-        if getattr(args, key) < minimum:
-            problems.append(f"--{key.replace('_', '-')} must be >= {minimum}")
+    minimums = {"steps": 1, "n_shapes": 2, "batch_size": 2, "shapes": 2, "candidates": 2}
+    problems = _shared.fill_from_preset(args, SIZES[args.size], minimums)
     if args.batch_size > args.n_shapes:
         problems.append(f"--batch-size {args.batch_size} exceeds --n-shapes {args.n_shapes}")
     if args.weights is not None and args.train:
@@ -416,9 +402,7 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    command = shlex.join(
-        ["python", f"benchmarks/experiments/{NAME}.py", *(sys.argv[1:] if argv is None else argv)]
-    )
+    command = _shared.command_line(NAME, argv)
     threads = set_num_threads(args.threads)
     device = torch.device(args.device)
     preset = SIZES[args.size]
@@ -511,25 +495,19 @@ def main(argv: list[str] | None = None) -> dict:
         "device": str(device),
         "threads": threads,
         "seconds": seconds,
-        "machine": machine(),
     }
 
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_figure(
-        figure(
-            held_out,
-            grids.cpu(),
-            reconstructions.cpu(),
-            math.radians(evaluation["global_rotation_deg"]),
-            min(preset["figure_shapes"], args.shapes),
-            args.size,
-        ),
-        out_dir / f"{NAME}.png",
+    fig = figure(
+        held_out,
+        grids.cpu(),
+        reconstructions.cpu(),
+        math.radians(evaluation["global_rotation_deg"]),
+        min(preset["figure_shapes"], args.shapes),
+        args.size,
     )
-    atomic_write_text(out_dir / f"{NAME}.md", markdown(result), fsync=False)
-    write_json_atomically(out_dir / f"{NAME}.json", result, default=str)
-    print(markdown(result))
+    report = markdown(result)
+    print(report)
+    _shared.write_outputs(args.out_dir, NAME, markdown=report, figure=fig, payload=result)
     return result
 
 

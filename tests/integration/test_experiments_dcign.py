@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import probgraphics as pg
-
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "benchmarks" / "experiments"
-
-
-def load_script(name: str):
-    """Import ``benchmarks/experiments/<name>.py`` as a module (scripts are not a package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def table_rows(markdown: str) -> list[list[str]]:
@@ -36,20 +19,20 @@ def table_rows(markdown: str) -> list[list[str]]:
     return rows
 
 
-def check_outputs(tmp_path: Path, name: str) -> tuple[str, dict]:
-    md, png, js = (tmp_path / f"{name}.{suffix}" for suffix in ("md", "png", "json"))
-    for path in (md, png, js):
-        assert path.is_file() and path.stat().st_size > 0, path
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    text = md.read_text()
-    assert text.splitlines()[2].startswith(f"`python benchmarks/experiments/{name}.py ")
-    payload = json.loads(js.read_text())
-    assert "machine" in payload and "torch" in payload["machine"]
-    return text, payload
+@pytest.fixture
+def check_outputs(experiment_outputs):
+    """The shared output checks, plus: the command line stands alone on line 3 of the report."""
+
+    def check(folder, name: str) -> tuple[str, dict]:
+        text, payload = experiment_outputs(folder, name)
+        assert text.splitlines()[2].startswith(f"`python benchmarks/experiments/{name}.py ")
+        return text, payload
+
+    return check
 
 
-def test_seed000_summaries_tiny(tmp_path):
-    script = load_script("seed000_summaries")
+def test_seed000_summaries_tiny(tmp_path, load_experiment, check_outputs):
+    script = load_experiment("seed000_summaries")
     result = script.main(["--size", "tiny", "--threads", "1", "--out-dir", str(tmp_path)])
     text, payload = check_outputs(tmp_path, "seed000_summaries")
     labels = ["prior", "pixel", "dcign-20", "dcign-80", "dcign-200", "random-conv-200"]
@@ -86,10 +69,10 @@ def test_seed000_summaries_tiny(tmp_path):
         assert all(math.isfinite(e) and e > 0 for point in trace["render_mse"] for e in point)
 
 
-def test_traced_run_is_infer_and_traces_the_chains_state():
+def test_traced_run_is_infer_and_traces_the_chains_state(load_experiment):
     """Running in traced pieces gives infer's posterior bit for bit, and the last recorded
     errors are those of the last draw of each traced chain."""
-    script = load_script("seed000_summaries")
+    script = load_experiment("seed000_summaries")
     program = pg.programs.face(resolution=32)
     image = pg.programs.simulate(program, seed=5)["image"]
     sizes = {"pilot_size": 8, "warmup": 5, "draws": 4}
@@ -125,8 +108,8 @@ def test_traced_run_is_infer_and_traces_the_chains_state():
         assert trace["render_mse"][-1][chain] == pytest.approx(expected, rel=1e-6)
 
 
-def test_seed000_summaries_rejects_bad_arguments(tmp_path, capsys):
-    script = load_script("seed000_summaries")
+def test_seed000_summaries_rejects_bad_arguments(tmp_path, capsys, load_experiment):
+    script = load_experiment("seed000_summaries")
     with pytest.raises(SystemExit):
         script.main(["--size", "tiny", "--images", "0", "--out-dir", str(tmp_path)])
     assert "--images must be >= 1, got 0" in capsys.readouterr().err
@@ -146,8 +129,8 @@ def test_seed000_summaries_rejects_bad_arguments(tmp_path, capsys):
     assert not (tmp_path / "seed000_summaries.md").exists()
 
 
-def test_seed001_factors_tiny(tmp_path):
-    script = load_script("seed001_factors")
+def test_seed001_factors_tiny(tmp_path, load_experiment, check_outputs):
+    script = load_experiment("seed001_factors")
     result = script.main(["--size", "tiny", "--threads", "1", "--out-dir", str(tmp_path)])
     text, payload = check_outputs(tmp_path, "seed001_factors")
     rows = {cells[0]: cells for cells in table_rows(text)}
@@ -169,8 +152,8 @@ def test_seed001_factors_tiny(tmp_path):
     assert result["checks"] == payload["checks"]
 
 
-def test_seed001_factors_missing_weights_says_what_to_do(tmp_path, monkeypatch):
-    script = load_script("seed001_factors")
+def test_seed001_factors_missing_weights_says_what_to_do(tmp_path, monkeypatch, load_experiment):
+    script = load_experiment("seed001_factors")
     with pytest.raises(SystemExit, match="probgraphics train dcign-face-64"):
         script.main(["--weights", str(tmp_path / "nope.pt"), "--out-dir", str(tmp_path)])
 

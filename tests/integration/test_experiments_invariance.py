@@ -7,50 +7,22 @@ references.
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from probgraphics.evaluation import pearson
 
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "benchmarks" / "experiments"
 
-
-def _load(name: str):
-    """Import a script of benchmarks/experiments as a module (registered under its name, so the
-    verification script's ``from seed000_invariance import ...`` finds the same module)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def invariance(load_experiment):
+    return load_experiment("seed000_invariance")
 
 
 @pytest.fixture(scope="module")
-def invariance():
-    return _load("seed000_invariance")
-
-
-@pytest.fixture(scope="module")
-def verification(invariance):
-    return _load("seed000_verification")
-
-
-def _outputs(folder: Path, name: str) -> tuple[str, dict]:
-    for suffix in ("md", "png", "json"):
-        path = folder / f"{name}.{suffix}"
-        assert path.is_file() and path.stat().st_size > 0, path
-    assert (folder / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    payload = json.loads((folder / f"{name}.json").read_text())
-    assert "machine" in payload and "python" in payload["machine"]
-    return (folder / f"{name}.md").read_text(), payload
+def verification(load_experiment):
+    return load_experiment("seed000_verification")
 
 
 # --------------------------------------------------------------------------------------------
@@ -58,9 +30,11 @@ def _outputs(folder: Path, name: str) -> tuple[str, dict]:
 # --------------------------------------------------------------------------------------------
 
 
-def test_invariance_tiny_trains_every_network_and_writes_the_table(invariance, tmp_path):
+def test_invariance_tiny_trains_every_network_and_writes_the_table(
+    invariance, tmp_path, experiment_outputs
+):
     result = invariance.main(["--size", "tiny", "--threads", "1", "--out-dir", str(tmp_path)])
-    markdown, payload = _outputs(tmp_path, "seed000_invariance")
+    markdown, payload = experiment_outputs(tmp_path, "seed000_invariance")
     nets = list(invariance.VARIANTS)
     assert list(payload["networks"]) == nets == list(result["networks"])
     assert payload["command"].startswith("python benchmarks/experiments/seed000_invariance.py")
@@ -100,7 +74,7 @@ def test_invariance_uses_given_weights_instead_of_training(invariance, tmp_path)
     from probgraphics.nets import DCIGN, save_checkpoint
 
     torch.manual_seed(0)
-    net = DCIGN(invariance.TINY_DCIGN)
+    net = DCIGN(invariance._shared.TINY_DCIGN)
     path = tmp_path / "net.pt"
     save_checkpoint(path, net, net.config, kind="dcign")
     out = tmp_path / "out"
@@ -152,11 +126,11 @@ def test_cosine_distances_match_a_loop(invariance):
 # --------------------------------------------------------------------------------------------
 
 
-def test_verification_tiny_writes_the_table(verification, tmp_path):
+def test_verification_tiny_writes_the_table(verification, tmp_path, experiment_outputs):
     payload = verification.main(
         ["--size", "tiny", "--threads", "1", "--out-dir", str(tmp_path), "--sets", "2"]
     )
-    markdown, written = _outputs(tmp_path, "seed000_verification")
+    markdown, written = experiment_outputs(tmp_path, "seed000_verification")
     assert written["per_set"] == payload["per_set"]
     representations = ["DC-IGN identity code", "DC-IGN whole code", "raw pixels"]
     assert list(payload["per_set"]) == representations

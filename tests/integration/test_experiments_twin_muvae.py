@@ -7,41 +7,20 @@ own functions are checked against obvious references.
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "benchmarks" / "experiments"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"experiment_{name}", EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def seed002(load_experiment):
+    return load_experiment("seed002_volume")
 
 
 @pytest.fixture(scope="module")
-def seed002():
-    return load("seed002_volume")
-
-
-@pytest.fixture(scope="module")
-def seed004():
-    return load("seed004_muvae")
-
-
-def outputs(folder: Path, name: str) -> tuple[str, dict]:
-    for suffix in (".md", ".png", ".json"):
-        assert (folder / f"{name}{suffix}").is_file(), f"{name}{suffix} was not written"
-    assert (folder / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
-    assert not list(folder.glob("*.tmp*")), "a temporary file was left behind"
-    return (folder / f"{name}.md").read_text(), json.loads((folder / f"{name}.json").read_text())
+def seed004(load_experiment):
+    return load_experiment("seed004_muvae")
 
 
 # --------------------------------------------------------------------------------------------
@@ -49,9 +28,9 @@ def outputs(folder: Path, name: str) -> tuple[str, dict]:
 # --------------------------------------------------------------------------------------------
 
 
-def test_seed002_tiny_writes_sane_tables(seed002, tmp_path):
+def test_seed002_tiny_writes_sane_tables(seed002, tmp_path, experiment_outputs):
     result = seed002.main(["--size", "tiny", "--threads", "1", "--out-dir", str(tmp_path)])
-    markdown, payload = outputs(tmp_path, "seed002_volume")
+    markdown, payload = experiment_outputs(tmp_path, "seed002_volume")
     assert markdown.splitlines()[2].startswith("Command: `python benchmarks/experiments/")
     assert "--size tiny" in markdown.splitlines()[2]
     settings = payload["settings"]
@@ -122,9 +101,9 @@ def check_seed004(markdown: str, payload: dict) -> None:
     assert "qualitative" in markdown
 
 
-def test_seed004_tiny_trains_and_scores(seed004, tmp_path):
+def test_seed004_tiny_trains_and_scores(seed004, tmp_path, experiment_outputs):
     seed004.main(["--size", "tiny", "--train", "--threads", "1", "--out-dir", str(tmp_path)])
-    markdown, payload = outputs(tmp_path, "seed004_muvae")
+    markdown, payload = experiment_outputs(tmp_path, "seed004_muvae")
     check_seed004(markdown, payload)
     assert payload["weights"].startswith("trained here")
     # A network trained here carries its learned per-image azimuths: training is scored too.
@@ -133,7 +112,7 @@ def test_seed004_tiny_trains_and_scores(seed004, tmp_path):
     assert "azimuth error training, learned (deg)" in markdown
 
 
-def test_seed004_tiny_loads_weights(seed004, tmp_path):
+def test_seed004_tiny_loads_weights(seed004, tmp_path, experiment_outputs):
     from probgraphics.nets import MuVAE, save_checkpoint
 
     torch.manual_seed(0)
@@ -141,7 +120,7 @@ def test_seed004_tiny_loads_weights(seed004, tmp_path):
     weights = save_checkpoint(tmp_path / "net.pt", net, net.config, kind="muvae")
     out = tmp_path / "out"
     seed004.main(["--size", "tiny", "--weights", str(weights), "--out-dir", str(out)])
-    markdown, payload = outputs(out, "seed004_muvae")
+    markdown, payload = experiment_outputs(out, "seed004_muvae")
     check_seed004(markdown, payload)
     assert payload["weights"] == str(weights) and payload["training"] is None
 
