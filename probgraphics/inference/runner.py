@@ -10,10 +10,10 @@ because every random number comes from the run's generators in a fixed order.
 * **Start.** ``init="pilot"``: the ``chains`` best pilot particles; ``"prior"``: fresh prior draws;
   a dict site -> constrained values ``(chains, *event)``: those values, mapped back to ``u`` by the
   inverse whitening transforms (sites left out start from the prior).
-* **Warm-up.** Epsilon is annealed from the starting chains' largest distance down to its target
-  over the first ``anneal_fraction`` of warm-up, then held: geometrically to a given ``epsilon``
-  or to the ``quantile`` of pilot distances; with neither (the default) adaptively, by a
-  Robbins-Monro update on ``log epsilon`` toward an acceptance rate of
+* **Warm-up.** Epsilon is annealed over the first ``anneal_fraction`` of warm-up, then held:
+  geometrically from the starting chains' largest distance to a given ``epsilon`` or to the
+  ``quantile`` of pilot distances; with neither (the default) adaptively, from the starting
+  chains' median distance by a Robbins-Monro update on ``log epsilon`` toward an acceptance rate of
   :data:`EPSILON_TARGET_ACCEPTANCE` with beta held at 1 (the slice sampler's signal is how often
   its first angle is accepted), so epsilon shrinks as long as the chains still move and the
   target is where annealing ends (after Vihola & Franks 2020). With ``precondition``, a reference
@@ -495,7 +495,10 @@ def prepare(
                 "no starting chain has a finite distance, so epsilon cannot be annealed from "
                 "them; pass epsilon=..., or check the program and summary give finite features."
             )
-        run.epsilon_start = float(finite.max())
+        # The median, not the largest: started from a guide, a few far chains would otherwise
+        # set an epsilon at which every chain wanders off its good start before the annealing
+        # brings epsilon down (the Robbins-Monro update raises it again if chains stick).
+        run.epsilon_start = float(finite.median())
         run.epsilon_current = run.epsilon_start
         run.epsilon_target = run.epsilon_start  # until annealing ends
     else:
