@@ -10,7 +10,7 @@ export NUMBA_NUM_THREADS ?= 2
 export OMP_WAIT_POLICY ?= PASSIVE
 export MPLBACKEND ?= Agg
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench experiments clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,16 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/render.py
+
+# The papers' experiments (benchmarks/experiments/), each writing NAME.md/.png/.json into
+# benchmarks/results/; SIZE=tiny|quick|full (quick: minutes each on a CPU).
+SIZE ?= quick
+EXPERIMENTS := seed001_factors seed000_summaries seed000_invariance seed000_verification \
+	seed002_volume seed004_muvae
+experiments: $(VENV)/.installed
+	for name in $(EXPERIMENTS); do \
+		$(PY) benchmarks/experiments/$$name.py --size $(SIZE) || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

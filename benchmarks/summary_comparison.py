@@ -137,6 +137,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--weights", type=Path, default=None, help="a DC-IGN checkpoint")
     parser.add_argument("--resolution", type=int, default=None, help="default: the encoder's")
     parser.add_argument("--no-subset", action="store_true", help="skip the pose/light row")
+    parser.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="NAME[:GROUPS]",
+        help="another pretrained encoder as a summary row, optionally part of its code "
+        "(e.g. face-guide-64:azimuth,elevation,light,camera); repeatable",
+    )
+    parser.add_argument(
+        "--guide",
+        default=None,
+        help="a bundled guide (e.g. face-guide-64): adds its amortized posterior (no "
+        "simulations) and the encoder summary started from it (init='guide')",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
@@ -155,10 +169,27 @@ def main(argv: list[str] | None = None) -> dict:
     layout = encoder.layout
     if not args.no_subset and layout is not None and all(name in layout for name in ANGLES):
         summaries["encoder[az,el,light]"] = encoder.subset(*ANGLES)
+    from probgraphics.nets import pretrained
+    from probgraphics.nets.guides import load_guide
+
+    for spec in args.extra:
+        name, _, groups = spec.partition(":")
+        try:
+            extra = pretrained(name)
+        except KeyError as error:
+            raise SystemExit(f"summary_comparison: --extra {spec!r}: {error.args[0]}") from None
+        summaries[spec] = extra.subset(*groups.split(",")) if groups else extra
+    starts = {label: {} for label in summaries}
+    guide = None
+    if args.guide is not None:
+        guide = load_guide(args.guide, program)
+        starts["encoder, guide start"] = {"init": "guide", "guide": guide}
+        summaries["encoder, guide start"] = encoder
     sizes = run_sizes(budget, chains)
     pg.programs.simulate(program, 4, seed=1)  # compile the renderer before timing anything
 
-    results: dict[str, list[dict]] = {label: [] for label in ["prior", *summaries]}
+    labels = ["prior", *([f"guide {args.guide} (amortized)"] if guide else []), *summaries]
+    results: dict[str, list[dict]] = {label: [] for label in labels}
     for i in range(n_images):
         seed = HELD_OUT_SEED + i
         scene = pg.programs.simulate(program, seed=seed)
@@ -171,6 +202,21 @@ def main(argv: list[str] | None = None) -> dict:
                 "render_mse": render_mse(program, prior, scene["render"]),
             }
         )
+        if guide is not None:
+            amortized = pg.infer(
+                program, scene["image"], method="guide", guide=guide, draws=args.renders, seed=i
+            )
+            draws = amortized.samples
+            results[f"guide {args.guide} (amortized)"].append(
+                {
+                    "seed": seed,
+                    **{f"{name}_error": float(draws[name].mean()) - truth[name] for name in ANGLES},
+                    "render_mse": render_mse(
+                        program, pick(draws, args.renders, seed=i), scene["render"]
+                    ),
+                    "n_simulations": 0,
+                }
+            )
         for label, summary in summaries.items():
             start = time.perf_counter()
             posterior = pg.infer(
@@ -183,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
                 device=args.device,
                 progress=False,
                 **sizes,
+                **starts[label],
             )
             seconds = time.perf_counter() - start
             samples = posterior.samples
@@ -232,7 +279,15 @@ def main(argv: list[str] | None = None) -> dict:
         < by_label["pixel"]["angle_rmse"],
         "encoder_render_mse_below_pixel": by_label["encoder"]["render_mse"]
         < by_label["pixel"]["render_mse"],
-        "same_budget": len({row.get("n_simulations") for row in rows[1:]}) == 1,
+        # The guide start simulates its starting chains instead of taking pilot particles.
+        "same_budget": len(
+            {
+                row.get("n_simulations")
+                for row in rows
+                if row["summary"] in summaries and not starts[row["summary"]]
+            }
+        )
+        == 1,
     }
     print("checks:", checks)
     payload = {

@@ -91,21 +91,29 @@ def _demo(args: argparse.Namespace) -> int:
         out / "prior_scenes.png",
     )
 
+    summary, summary_text = _resolve_summary(args.summary)
+    options: dict[str, Any] = {"init": args.init}
+    if args.init == "guide":
+        options["guide"] = _resolve_guide(args.guide, program, "cpu")
+        summary_text += f", chains started from guide {args.guide}"
     truth = programs.simulate(program, seed=args.seed)
+    if callable(summary):
+        _check_summary_fits(summary, truth["image"], args.summary, "--resolution 64")
     print(
-        f"inferring a {args.resolution}px face scene with abc_mcmc, pixel summary, "
+        f"inferring a {args.resolution}px face scene with abc_mcmc, {summary_text}, "
         f"{args.chains} chains x {args.draws} draws ({args.warmup} warm-up steps)"
     )
     posterior = infer(
         program,
         truth["image"],
         method="abc_mcmc",
-        summary="pixel",
+        summary=summary,
         chains=args.chains,
         draws=args.draws,
         warmup=args.warmup,
         seed=args.seed,
         progress=not args.quiet,
+        **options,
     )
     sites = ["azimuth", "elevation", "light"]
     table = posterior.summary(var_names=sites)
@@ -136,7 +144,7 @@ def _demo(args: argparse.Namespace) -> int:
             panels,
             ncols=n_show + 1,
             titles=titles,
-            suptitle="observed image and posterior renders (abc_mcmc, pixel summary)",
+            suptitle=f"observed image and posterior renders (abc_mcmc, {summary_text})",
         ),
         out / "posterior_renders.png",
     )
@@ -148,7 +156,9 @@ def _demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------- infer
 
 
-def _parse_program_options(items: list[str] | None) -> dict[str, Any]:
+def _parse_program_options(
+    items: list[str] | None, *, flag: str = "--program-option"
+) -> dict[str, Any]:
     """``["resolution=32", "color=rgb"]`` -> ``{"resolution": 32, "color": "rgb"}``: each value
     read as a Python literal (numbers, tuples, True/False/None), else kept as a string."""
     options: dict[str, Any] = {}
@@ -156,11 +166,9 @@ def _parse_program_options(items: list[str] | None) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
-            raise UsageError(
-                f"--program-option expects KEY=VALUE (e.g. resolution=32), got {item!r}."
-            )
+            raise UsageError(f"{flag} expects KEY=VALUE (e.g. resolution=32), got {item!r}.")
         if key in options:
-            raise UsageError(f"--program-option {key} is given twice; give it once.")
+            raise UsageError(f"{flag} {key} is given twice; give it once.")
         try:
             value = ast.literal_eval(text.strip())
         except (ValueError, SyntaxError):
@@ -211,6 +219,19 @@ def _resolve_summary(spec: str) -> tuple[Any, str]:
     if groups:
         summary = summary.subset(*[g.strip() for g in groups.split(",") if g.strip()])
     return summary, f"pretrained encoder {name!r}" + (f", groups {groups}" if groups else "")
+
+
+def _check_summary_fits(summary: Any, image: Any, spec: str, fix: str) -> None:
+    """Run the summary on the observation ``(C, H, W)`` once, so a network built for another
+    image size fails now, with the fix, rather than after the pilot run."""
+    try:
+        summary(image[None])
+    except (ValueError, TypeError, RuntimeError) as error:
+        shape = "x".join(str(n) for n in image.shape)
+        raise UsageError(
+            f"--summary {spec!r} cannot take this program's {shape} images ({error}); pick the "
+            f"resolution to match, e.g. {fix}."
+        ) from None
 
 
 def _resolve_guide(spec: str, program: Any, device: Any) -> Any:
@@ -303,15 +324,7 @@ def _infer(args: argparse.Namespace) -> int:
 
     summary, summary_text = _resolve_summary(args.summary)
     if callable(summary):
-        # Fail now, with the fix, rather than after the pilot run.
-        try:
-            summary(loaded.image[None])
-        except (ValueError, TypeError, RuntimeError) as error:
-            raise UsageError(
-                f"--summary {args.summary!r} cannot take this program's {channels}x{resolution}x"
-                f"{resolution} images ({error}); pick the program's resolution to match, e.g. "
-                "--program-option resolution=64."
-            ) from None
+        _check_summary_fits(summary, loaded.image, args.summary, "--program-option resolution=64")
 
     options: dict[str, Any] = {
         "chains": args.chains,
@@ -476,6 +489,12 @@ def _train_epilog() -> str:
     return "\n".join(lines)
 
 
+#: Recipe keywords the train command sets from its own flags (not through --option).
+_TRAIN_FLAG_KEYWORDS = (
+    "out_path", "steps", "batch_size", "checkpoint", "resume", "seed", "progress", "command"
+)
+
+
 def _train(args: argparse.Namespace) -> int:
     """Run a training recipe; it writes the weights and a model card next to them."""
     from probgraphics.config import set_num_threads
@@ -491,13 +510,20 @@ def _train(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             keywords[key] = value
+    for key, value in _parse_program_options(args.option, flag="--option").items():
+        if key in _TRAIN_FLAG_KEYWORDS:
+            raise UsageError(f"--option {key} is set by the command itself; drop it.")
+        keywords[key] = value
     parameters = inspect.signature(recipe).parameters
     if "command" in parameters:
         keywords["command"] = " ".join(["probgraphics", *args.argv])
     unsupported = sorted(key for key in keywords if key not in parameters)
     if unsupported:
         flags = ", ".join("--" + key.replace("_", "-") for key in unsupported)
-        raise UsageError(f"recipe {args.name!r} does not take {flags}.")
+        raise UsageError(
+            f"recipe {args.name!r} does not take {flags}; it takes "
+            f"{sorted(p for p in parameters if p not in ('out_path', 'command'))}."
+        )
     print(f"training {args.name} -> {out}")
     result = recipe(out, **keywords)
     losses = list(getattr(result, "losses", ()))
@@ -611,9 +637,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="infer a simulated face scene with ABC-MCMC and write figures",
-        description="Sample a face scene, infer it with ABC-MCMC (pixel summary), print the "
-        "posterior against the truth, and write prior scenes, trace plot, posterior renders and "
-        "posterior.nc to --out.",
+        description="Sample a face scene, infer it with ABC-MCMC (by default the dcign-face-64 "
+        "encoder as the summary statistic, chains started from the face-guide-64 guide's "
+        "q(z | image)), print the posterior against the truth, and write prior scenes, trace "
+        "plot, posterior renders and posterior.nc to --out.",
     )
     demo.add_argument("--out", default="demo-output", help="output folder (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -621,6 +648,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--chains", type=int, default=64, help="chains (default: %(default)s)")
     demo.add_argument("--draws", type=int, default=300, help="draws (default: %(default)s)")
     demo.add_argument("--warmup", type=int, default=500, help="warm-up (default: %(default)s)")
+    demo.add_argument(
+        "--summary",
+        default="dcign-face-64",
+        help="'pixel' or a pretrained encoder [NAME:group,...] (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--init",
+        choices=("pilot", "prior", "guide"),
+        default="guide",
+        help="chain start; guide = draws of --guide's q(z | image) (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--guide", default="face-guide-64", help="guide for --init guide (default: %(default)s)"
+    )
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.add_argument("--threads", type=int, default=None, help="torch/numba threads")
     demo.set_defaults(run=_demo)
@@ -725,6 +766,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, help="batch size (default: the recipe's)")
     train.add_argument("--checkpoint", help="write training checkpoints to this file")
     train.add_argument("--resume", help="resume from this training checkpoint")
+    train.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a recipe keyword, repeatable (e.g. invariance_scale=0.01 or ratio=(1,1,1,10); "
+        "values are Python literals or strings); recorded in the model card's command",
+    )
     _add_common(train)
     train.set_defaults(run=_train)
 

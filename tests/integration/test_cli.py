@@ -23,6 +23,10 @@ def test_demo_infers_a_scene_and_writes_its_figures(tmp_path, capsys):
         "10",
         "--warmup",
         "10",
+        "--summary",
+        "pixel",
+        "--init",
+        "pilot",
         "--quiet",
     ]
     assert main(argv) == 0
@@ -35,6 +39,21 @@ def test_demo_infers_a_scene_and_writes_its_figures(tmp_path, capsys):
     for site in ("azimuth", "elevation", "light"):
         assert site in out
     assert "true" in out and "simulations in" in out
+
+
+def test_demo_defaults_use_the_bundled_encoder_and_guide(tmp_path, capsys):
+    # The bundled defaults (dcign-face-64 summary, face-guide-64 start) at toy run sizes.
+    argv = ["demo", "--out", str(tmp_path), "--chains", "4", "--draws", "4", "--warmup", "4"]
+    assert main([*argv, "--quiet"]) == 0
+    assert (tmp_path / "posterior.nc").exists()
+    out = capsys.readouterr().out
+    assert "pretrained encoder 'dcign-face-64'" in out and "guide face-guide-64" in out
+
+
+def test_demo_summary_for_another_size_exits_2(capsys):
+    argv = ["demo", "--resolution", "32", "--chains", "2", "--draws", "2", "--init", "pilot"]
+    assert main([*argv, "--quiet"]) == 2
+    assert "--resolution 64" in capsys.readouterr().err
 
 
 def test_bad_usage_exits_2(capsys):
@@ -245,7 +264,9 @@ def test_train_runs_a_recipe_with_the_options(monkeypatch, tmp_path, capsys):
     training = pytest.importorskip("probgraphics.training")
     calls = []
 
-    def tiny_recipe(out_path, *, steps=10, seed=0, batch_size=4, progress=True, command=None):
+    def tiny_recipe(
+        out_path, *, steps=10, seed=0, batch_size=4, progress=True, command=None, ratio=(1, 1)
+    ):
         calls.append(
             dict(
                 out_path=out_path,
@@ -254,6 +275,7 @@ def test_train_runs_a_recipe_with_the_options(monkeypatch, tmp_path, capsys):
                 batch_size=batch_size,
                 progress=progress,
                 command=command,
+                ratio=ratio,
             )
         )
         out_path.write_bytes(b"weights")
@@ -272,6 +294,8 @@ def test_train_runs_a_recipe_with_the_options(monkeypatch, tmp_path, capsys):
         "5",
         "--out",
         str(out),
+        "--option",
+        "ratio=(1, 3)",
         "--quiet",
     ]
     assert main(argv) == 0
@@ -283,6 +307,7 @@ def test_train_runs_a_recipe_with_the_options(monkeypatch, tmp_path, capsys):
             batch_size=8,
             progress=False,
             command="probgraphics " + " ".join(argv),
+            ratio=(1, 3),
         )
     ]
     assert out.read_bytes() == b"weights"
@@ -290,6 +315,11 @@ def test_train_runs_a_recipe_with_the_options(monkeypatch, tmp_path, capsys):
     # An option the recipe does not take is bad usage.
     assert main(["train", "tiny", "--checkpoint", str(tmp_path / "c.pt"), "--out", str(out)]) == 2
     assert "does not take --checkpoint" in capsys.readouterr().err
+    # --option names a recipe keyword; one the recipe lacks, or one a flag sets, is bad usage.
+    assert main(["train", "tiny", "--out", str(out), "--option", "lr=0.1"]) == 2
+    assert "does not take --lr" in capsys.readouterr().err
+    assert main(["train", "tiny", "--out", str(out), "--option", "steps=3"]) == 2
+    assert "--option steps is set by the command itself" in capsys.readouterr().err
 
 
 def test_train_unknown_recipe_exits_2(capsys):
