@@ -76,15 +76,18 @@ def checkpoint_resolution(path: Path) -> int | None:
 
 
 def load_summary(spec: str):
-    """``"pixel"``, a bundled network name, or a checkpoint path -> ``(summary, description)``."""
+    """``"pixel"``, a bundled network name (``NAME:group,group`` for part of its code), or a
+    checkpoint path -> ``(summary, description)``."""
     from probgraphics.nets import EncoderSummary, load_checkpoint, pretrained
 
     if spec == "pixel":
         return "pixel", "pixel"
     if Path(spec).is_file():
         return EncoderSummary(load_checkpoint(spec).module), spec
+    name, _, groups = spec.partition(":")
     try:
-        return pretrained(spec), spec
+        summary = pretrained(name)
+        return (summary.subset(*groups.split(",")) if groups else summary), spec
     except KeyError as error:
         raise SystemExit(
             f"guide_init: no summary network {spec!r} ({error.args[0]}) Use --summary pixel or a "
