@@ -1033,8 +1033,9 @@ REAL_PHOTO = [
         * **Check the answers against the photo.** The head faces the camera almost square-on,
           eyes level. Where the posteriors above put their mass elsewhere, that is the model's
           misfit, not knowledge about the head: at the real sizes we saw the guide centred
-          near -30° azimuth and +50° elevation, and ABC pile up near +90° azimuth (a profile
-          head, whose outline covers more of the bright crop), the two disagreeing.
+          near -30° azimuth and +50° elevation (looking up: wrong), and ABC spread back over
+          most of the prior (azimuth 12 ± 64°, R-hat above 2): no setting of the synthetic
+          head explains the crop's pixels much better than another.
         * **At best: the head's pose and the light's direction.** Read the azimuth, elevation
           and light posteriors as "the synthetic head that best matches this crop would be
           turned and lit like this". That is sensitive to the crop box and the camera latents,
