@@ -78,16 +78,14 @@ def checkpoint_resolution(path: Path) -> int | None:
 def load_summary(spec: str):
     """``"pixel"``, a bundled network name (``NAME:group,group`` for part of its code), or a
     checkpoint path -> ``(summary, description)``."""
-    from probgraphics.nets import EncoderSummary, load_checkpoint, pretrained
+    from probgraphics.nets import EncoderSummary, load_checkpoint, pretrained_summary
 
     if spec == "pixel":
         return "pixel", "pixel"
     if Path(spec).is_file():
         return EncoderSummary(load_checkpoint(spec).module), spec
-    name, _, groups = spec.partition(":")
     try:
-        summary = pretrained(name)
-        return (summary.subset(*groups.split(",")) if groups else summary), spec
+        return pretrained_summary(spec), spec
     except KeyError as error:
         raise SystemExit(
             f"guide_init: no summary network {spec!r} ({error.args[0]}) Use --summary pixel or a "

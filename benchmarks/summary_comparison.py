@@ -169,16 +169,14 @@ def main(argv: list[str] | None = None) -> dict:
     layout = encoder.layout
     if not args.no_subset and layout is not None and all(name in layout for name in ANGLES):
         summaries["encoder[az,el,light]"] = encoder.subset(*ANGLES)
-    from probgraphics.nets import pretrained
+    from probgraphics.nets import pretrained_summary
     from probgraphics.nets.guides import load_guide
 
     for spec in args.extra:
-        name, _, groups = spec.partition(":")
         try:
-            extra = pretrained(name)
+            summaries[spec] = pretrained_summary(spec)
         except KeyError as error:
             raise SystemExit(f"summary_comparison: --extra {spec!r}: {error.args[0]}") from None
-        summaries[spec] = extra.subset(*groups.split(",")) if groups else extra
     starts = {label: {} for label in summaries}
     guide = None
     if args.guide is not None:

@@ -203,7 +203,7 @@ def _resolve_summary(spec: str) -> tuple[Any, str]:
         return spec, f"{spec} summary"
     name, _, groups = spec.partition(":")
     try:
-        from probgraphics.nets.pretrained import available, pretrained
+        from probgraphics.nets.pretrained import available, pretrained_summary
     except ImportError as error:
         raise UsageError(
             f"--summary {spec!r} is not a named summary ({sorted(SUMMARIES)}), and pretrained "
@@ -215,10 +215,9 @@ def _resolve_summary(spec: str) -> tuple[Any, str]:
             f"pretrained networks are {available() or 'none installed'} (train one with "
             "`probgraphics train NAME`)."
         )
-    summary = pretrained(name)
-    if groups:
-        summary = summary.subset(*[g.strip() for g in groups.split(",") if g.strip()])
-    return summary, f"pretrained encoder {name!r}" + (f", groups {groups}" if groups else "")
+    return pretrained_summary(spec), f"pretrained encoder {name!r}" + (
+        f", groups {groups}" if groups else ""
+    )
 
 
 def _check_summary_fits(summary: Any, image: Any, spec: str, fix: str) -> None:
@@ -491,7 +490,14 @@ def _train_epilog() -> str:
 
 #: Recipe keywords the train command sets from its own flags (not through --option).
 _TRAIN_FLAG_KEYWORDS = (
-    "out_path", "steps", "batch_size", "checkpoint", "resume", "seed", "progress", "command"
+    "out_path",
+    "steps",
+    "batch_size",
+    "checkpoint",
+    "resume",
+    "seed",
+    "progress",
+    "command",
 )
 
 

@@ -97,7 +97,14 @@ __all__ = [
 
 # Encoders as guides and summaries, and bundled weights (issue 4).
 from probgraphics.nets.guides import EncoderGuide, GuideSite  # noqa: E402
-from probgraphics.nets.pretrained import model_card, pretrained  # noqa: E402
+from probgraphics.nets.pretrained import model_card, pretrained, pretrained_summary  # noqa: E402
 from probgraphics.nets.summaries import EncoderSummary  # noqa: E402
 
-__all__ += ["EncoderGuide", "EncoderSummary", "GuideSite", "model_card", "pretrained"]
+__all__ += [
+    "EncoderGuide",
+    "EncoderSummary",
+    "GuideSite",
+    "model_card",
+    "pretrained",
+    "pretrained_summary",
+]

@@ -30,6 +30,7 @@ __all__ = [
     "available",
     "model_card",
     "pretrained",
+    "pretrained_summary",
     "weights_path",
 ]
 
@@ -146,6 +147,27 @@ def pretrained(
     if kind == "encoder":
         return encoder
     return EncoderSummary(encoder)
+
+
+def pretrained_summary(
+    spec: str,
+    *,
+    device: str | torch.device | None = None,
+    directory: str | os.PathLike | None = None,
+) -> EncoderSummary:
+    """A bundled encoder as a summary statistic from a ``"NAME"`` or ``"NAME:group,group"`` spec
+    (the form the command line and the benchmarks take), e.g.
+    ``pretrained_summary("dcign-face-64:azimuth,elevation,light")`` keeps those code groups.
+
+    Raises what :func:`pretrained` raises, and ``EncoderSummary.subset``'s error for a group the
+    network's layout does not have.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"spec must be 'NAME' or 'NAME:group,group' (str), got {spec!r}.")
+    name, _, groups = spec.partition(":")
+    summary = pretrained(name, device=device, directory=directory)
+    names = [group.strip() for group in groups.split(",") if group.strip()]
+    return summary.subset(*names) if names else summary
 
 
 def _kind_of(module: nn.Module) -> str:

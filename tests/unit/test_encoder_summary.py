@@ -17,7 +17,7 @@ from probgraphics.nets import (
     TwinTailed,
     save_checkpoint,
 )
-from probgraphics.nets.pretrained import available, model_card, pretrained
+from probgraphics.nets.pretrained import available, model_card, pretrained, pretrained_summary
 from probgraphics.nets.summaries import EncoderSummary
 
 CONFIG = DCIGNConfig(
@@ -247,3 +247,19 @@ def test_pretrained_is_reachable_from_the_nets_package():
 
     assert nets.pretrained is pretrained
     assert nets.pretrained.available() == available()
+
+
+def test_pretrained_summary_spec_keeps_the_named_groups(tmp_path):
+    net = tiny_dcign()
+    save_checkpoint(tmp_path / "mine.pt", net, net.config, kind="dcign")
+    images = torch.rand(2, 1, 32, 32)
+    whole = pretrained_summary("mine", directory=tmp_path)
+    torch.testing.assert_close(whole(images), EncoderSummary(net)(images))
+    part = pretrained_summary("mine: light , azimuth", directory=tmp_path)
+    expected = EncoderSummary(net).subset("light", "azimuth")(images)
+    torch.testing.assert_close(part(images), expected)
+    assert part(images).shape == (2, 2)
+    with pytest.raises(KeyError, match="'nope'"):
+        pretrained_summary("nope:azimuth", directory=tmp_path)
+    with pytest.raises(TypeError, match="NAME:group,group"):
+        pretrained_summary(None, directory=tmp_path)
