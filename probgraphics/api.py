@@ -176,6 +176,15 @@ def infer(program: Callable[[], Any], observation: Any, method: str = "abc_mcmc"
             f"unknown method {method!r}; the methods are {available_methods()}. Pass one of them "
             "as method=..., or register your own with probgraphics.api.register_method."
         )
+    spec, observation, merged = _check_call(method, program, observation, options)
+    return spec.run(program, observation, merged, frozenset(options))
+
+
+def _check_call(
+    method: str, program: Any, observation: Any, options: Mapping[str, Any]
+) -> tuple[MethodSpec, dict[str, torch.Tensor], dict[str, Any]]:
+    """The checks ``infer`` and ``prepare_abc`` share, for a known ``method``: its spec, the
+    normalized observation, and the options merged over the method's defaults."""
     spec = _METHODS[method]
     unknown = sorted(set(options) - set(spec.options))
     if unknown:
@@ -188,9 +197,7 @@ def infer(program: Callable[[], Any], observation: Any, method: str = "abc_mcmc"
             f"program must be a callable Pyro model (no required arguments), got "
             f"{type(program).__name__}; build one with e.g. probgraphics.programs.face()."
         )
-    observation = normalize_observation(observation)
-    merged = {**spec.options, **options}
-    return spec.run(program, observation, merged, frozenset(options))
+    return spec, normalize_observation(observation), {**spec.options, **options}
 
 
 # ---------------------------------------------------------------------------- validation helpers
@@ -669,17 +676,7 @@ def prepare_abc(
         raise ValueError(
             f"prepare_abc runs the ABC-MCMC methods {sorted(KERNEL_METHODS)}, got {method!r}"
         )
-    spec = _METHODS[method]
-    unknown = sorted(set(options) - set(spec.options))
-    if unknown:
-        raise TypeError(
-            f"unknown option(s) {unknown} for method {method!r}; its options are "
-            f"{sorted(spec.options)}."
-        )
-    if not callable(program):
-        raise TypeError(f"program must be a callable Pyro model, got {type(program).__name__}")
-    observation = normalize_observation(observation)
-    merged = {**spec.options, **options}
+    _, observation, merged = _check_call(method, program, observation, options)
     return _prepare_abc_method(method, program, observation, merged, frozenset(options))
 
 
