@@ -13,12 +13,12 @@ from probgraphics.nets import (
     DCIGNConfig,
     MuVAE,
     MuVAEConfig,
-    TwinConfig,
     TwinTailed,
     save_checkpoint,
 )
 from probgraphics.nets.pretrained import available, model_card, pretrained, pretrained_summary
 from probgraphics.nets.summaries import EncoderSummary
+from tests.tiny_nets import TINY_TWIN_CONFIG
 
 CONFIG = DCIGNConfig(
     image_size=32, channels=(8, 8), decoder_channels=(8, 8), padding=2, code_size=16
@@ -118,20 +118,7 @@ def test_bad_images_are_explained():
 
 def test_twin_encoder_summary_concatenates_shape_and_transformation_codes():
     torch.manual_seed(0)
-    net = TwinTailed(
-        TwinConfig(
-            image_size=16,
-            in_channels=1,
-            encoder_channels=(4, 4, 4),
-            encoder_hidden=0,
-            localisation_channels=4,
-            shape_code_size=4,
-            transformation_code_size=2,
-            volume_size=8,
-            volume_channels=(4,),
-            image_channels=(4, 4, 4),
-        )
-    )
+    net = TwinTailed(TINY_TWIN_CONFIG)
     net.eval()
     summary = EncoderSummary(net)
     images = torch.rand(3, 1, 16, 16)

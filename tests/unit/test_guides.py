@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from probgraphics.nets import DCIGN, CodeLayout, DCIGNConfig, TwinConfig, TwinEncoder
+from probgraphics.nets import DCIGN, CodeLayout, DCIGNConfig, TwinEncoder
 from probgraphics.nets.guides import EncoderGuide, discover_sites
 from probgraphics.programs.dcign import dcign
+from tests.tiny_nets import TINY_TWIN_CONFIG
 
 # --------------------------------------------------------------------------------------------
 # Small programs and encoders
@@ -163,20 +164,7 @@ def test_missing_observed_site_and_unbatched_latent_are_rejected():
 
 
 def test_deterministic_encoder_cannot_be_a_guide():
-    encoder = TwinEncoder(
-        TwinConfig(
-            image_size=16,
-            in_channels=1,
-            encoder_channels=(4, 4, 4),
-            encoder_hidden=0,
-            localisation_channels=4,
-            shape_code_size=4,
-            transformation_code_size=2,
-            volume_size=8,
-            volume_channels=(4,),
-            image_channels=(4, 4, 4),
-        )
-    )
+    encoder = TwinEncoder(TINY_TWIN_CONFIG)
     with pytest.raises(TypeError, match="deterministic"):
         EncoderGuide(encoder, ToyScene())
 
