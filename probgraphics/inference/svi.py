@@ -586,7 +586,9 @@ def train_guide(
             ``checkpoint_every`` steps and at the end.
         checkpoint_every: steps between checkpoints, >= 1.
         resume: a training checkpoint to continue from (may equal ``checkpoint``); the
-            modules, parameters, optimizer and random state are restored.
+            modules, parameters, optimizer and random state are restored. A named optimizer
+            continues at this call's ``lr`` (its moment estimates are kept), so a run can be
+            resumed at a lower rate.
         seed: seeds torch, numpy and Python's generators at the start (not on resume). With a
             seed or a resume the caller's global random state is restored afterwards.
         callback: ``callback(step, loss)`` after every step; returning ``True`` stops training
@@ -658,7 +660,9 @@ def train_guide(
     try:
         with store.scope():
             if saved is not None:
-                start_step, losses, previous_time = _restore(saved, trainable, optim)
+                start_step, losses, previous_time = _restore(
+                    saved, trainable, optim, lr=float(lr) if isinstance(optimizer, str) else None
+                )
                 restorer: Messenger | None = _RestoreParams(
                     saved["params"], device or torch.device("cpu")
                 )
@@ -763,7 +767,11 @@ def _payload(
 
 
 def _restore(
-    saved: Mapping[str, Any], modules: Mapping[str, nn.Module], optim: pyro.optim.PyroOptim
+    saved: Mapping[str, Any],
+    modules: Mapping[str, nn.Module],
+    optim: pyro.optim.PyroOptim,
+    *,
+    lr: float | None = None,
 ) -> tuple[int, list[float], float]:
     states = saved["modules"]
     missing = sorted(set(modules) - set(states))
@@ -781,7 +789,18 @@ def _restore(
                 f"cannot resume: the checkpoint's {key!r} weights do not fit this run's module "
                 f"({str(error)[:300]}); resume with the same architecture."
             ) from None
-    optim.set_state(saved["optimizer"])
+    optimizer_state = saved["optimizer"]
+    if lr is not None:
+        # torch's load_state_dict restores each parameter group's lr; the run's own lr wins, so
+        # a resumed run can continue at a lower rate (the moment estimates are kept).
+        optimizer_state = {
+            name: {
+                **state,
+                "param_groups": [{**group, "lr": lr} for group in state["param_groups"]],
+            }
+            for name, state in optimizer_state.items()
+        }
+    optim.set_state(optimizer_state)
     _set_rng_state(saved["rng"])
     return int(saved["step"]), [float(v) for v in saved["losses"]], float(saved["wall_time"])
 

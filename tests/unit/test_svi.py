@@ -262,6 +262,59 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path, loss, batches,
     assert resumed.wall_time >= resumed.run_time > 0
 
 
+def test_resumed_training_continues_at_the_calls_learning_rate(tmp_path):
+    # torch's load_state_dict would bring back the saved lr; a resumed phase at a lower rate
+    # (fine-tuning) must actually use it.
+    options = dict(optimizer="adam", seed=3, progress=False, checkpoint_every=4)
+    program = Conjugate()
+    train_guide(
+        program,
+        make_guide(0),
+        simulated_batches,
+        steps=6,
+        lr=0.01,
+        checkpoint=tmp_path / "part.pt",
+        **options,
+    )
+    same, slower = make_guide(0), make_guide(0)
+    train_guide(
+        program,
+        same,
+        simulated_batches,
+        steps=8,
+        lr=0.01,
+        resume=tmp_path / "part.pt",
+        checkpoint=tmp_path / "same.pt",
+        **options,
+    )
+    train_guide(
+        program,
+        slower,
+        simulated_batches,
+        steps=8,
+        lr=0.001,
+        resume=tmp_path / "part.pt",
+        checkpoint=tmp_path / "slow.pt",
+        **options,
+    )
+    rates = {
+        name: {
+            group["lr"]
+            for state in load_training_checkpoint(tmp_path / name)["optimizer"].values()
+            for group in state["param_groups"]
+        }
+        for name in ("part.pt", "same.pt", "slow.pt")
+    }
+    assert rates == {"part.pt": {0.01}, "same.pt": {0.01}, "slow.pt": {0.001}}
+    part = load_training_checkpoint(tmp_path / "part.pt")
+    # Two steps at a tenth of the rate move the weights about a tenth as far (Adam's steps are
+    # about lr each, the moment estimates being shared).
+    start = part["modules"]["guide"]
+    moved_same = sum((v - start[k]).abs().sum() for k, v in weights(same).items())
+    moved_slow = sum((v - start[k]).abs().sum() for k, v in weights(slower).items())
+    assert 0.05 < float(moved_slow / moved_same) < 0.2
+
+
 def test_checkpoint_is_written_every_k_steps_atomically(tmp_path):
     steps_seen = []
 
