@@ -263,7 +263,11 @@ def evaluate_muvae(
       ``rotations`` evenly spaced) that best aligns the network's frame with the data's;
     * ``iou_per_class``: the latter per shape class;
     * ``azimuth``: with ``azimuth_latent_mean`` ``(n, m)`` (the learned per-image parameters of
-      these shapes), :func:`azimuth_error` of the azimuth net's angles, overall and per class.
+      these shapes), :func:`azimuth_error` of the azimuth net's angles, overall and per class;
+    * ``learned_angle_resultant``: with ``azimuth_latent_mean``, the mean resultant length
+      ``|mean_i exp(i theta_i)|`` of those angles: 1 when every image got the same angle (the
+      azimuth latent collapsed, and the decoder can only learn a grid facing one view), near 0
+      for angles spread around the circle as the true ones are.
     """
     from probgraphics.render.voxel import rotate_about_vertical
 
@@ -305,6 +309,9 @@ def evaluate_muvae(
             angles = net.azimuth_net(latent).cpu()
             fit, errors = _azimuth_fit(angles, shapes.azimuth)
             result["azimuth"] = fit
+            result["learned_angle_resultant"] = float(
+                torch.complex(angles.double().cos(), angles.double().sin()).mean().abs()
+            )
             # Per class with the one global frame fitted above (a frame is not per class).
             result["azimuth_per_class_mean_abs_deg"] = {
                 name: math.degrees(float(errors[shapes.labels == label].mean()))

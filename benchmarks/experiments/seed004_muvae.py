@@ -360,7 +360,9 @@ def markdown(result: dict) -> str:
         f"Training shapes ({training['shapes']}, the checkpoint's learned per-image azimuth "
         f"latents): IoU {training['iou_global_rotation']:.3g} after global rotation; azimuth "
         f"offset {training['azimuth']['offset_deg']:.1f} deg, mirrored "
-        f"{training['azimuth']['mirrored']}."
+        f"{training['azimuth']['mirrored']}; mean resultant length of the learned angles "
+        f"{training['learned_angle_resultant']:.3f} (1: every image got one angle, the latent "
+        "collapsed; near 0: spread like the true azimuths)."
         if training is not None
         else "The checkpoint holds no learned per-image azimuths, so training azimuths are not "
         "scored."

@@ -387,6 +387,19 @@ def test_evaluate_muvae_reports_iou_and_azimuth_error():
     assert 0 <= result["iou"] <= result["iou_global_rotation"] <= 1
     assert set(result["iou_per_class"]) <= set(shapes.classes)
     assert result["azimuth"]["mean_abs_deg"] >= 0
+    # One latent for every image: one angle, the collapsed case.
+    assert result["learned_angle_resultant"] == pytest.approx(1.0, abs=1e-9)
+    # Latents spread so that the azimuth net's angles are too: the resultant is well below 1.
+    spread = torch.linspace(-3, 3, 8)[:, None].expand(8, 2)
+    with torch.no_grad():
+        angles = net.azimuth_net(spread)
+    values = [float(a) for a in angles]
+    expected = math.hypot(
+        sum(math.cos(a) for a in values) / 8, sum(math.sin(a) for a in values) / 8
+    )
+    assert expected < 0.99
+    result = evaluate_muvae(net, shapes, azimuth_latent_mean=spread, rotations=4)
+    assert result["learned_angle_resultant"] == pytest.approx(expected, abs=1e-9)
 
 
 # --------------------------------------------------------------------------------------------
