@@ -150,6 +150,28 @@ def test_seed001_factors_tiny(tmp_path, load_experiment, check_outputs):
     assert 0 < payload["evaluation"]["reconstruction_mse"] < 1
     assert "Reconstruction MSE" in text
     assert result["checks"] == payload["checks"]
+    for row in payload["rows"]:
+        low, high = (float(x) for x in row["r_pooled_95ci"].split(" .. "))
+        assert -1.0 <= low <= high <= 1.0, row
+
+
+def test_pooled_r_interval_resamples_whole_batches(load_experiment):
+    script = load_experiment("seed001_factors")
+    generator = torch.Generator().manual_seed(0)
+    truth = torch.rand(40, 20, generator=generator, dtype=torch.float64) * 180 - 90
+    # Every batch has the same slope; the batches' offsets are what the interval must see.
+    steady = {
+        "unit": (truth / 90).flatten(),
+        "truth": truth.flatten(),
+        "batch": torch.arange(40).repeat_interleave(20),
+    }
+    offsets = torch.randn(40, 1, generator=generator, dtype=torch.float64)
+    shifted = dict(steady, unit=(truth / 90 + offsets).flatten())
+    low, high = script.pooled_r_interval(steady, draws=200)
+    assert low == pytest.approx(1.0) and high == pytest.approx(1.0)
+    low, high = script.pooled_r_interval(shifted, draws=200)
+    r = float(torch.corrcoef(torch.stack([shifted["unit"], shifted["truth"]]))[0, 1])
+    assert low < r < high < 1.0 and high - low > 0.05
 
 
 def test_seed001_factors_missing_weights_says_what_to_do(tmp_path, monkeypatch, load_experiment):
