@@ -42,12 +42,13 @@ def test_demo_infers_a_scene_and_writes_its_figures(tmp_path, capsys):
 
 
 def test_demo_defaults_use_the_bundled_encoder_and_guide(tmp_path, capsys):
-    # The bundled defaults (dcign-face-64 summary, face-guide-64 start) at toy run sizes.
+    # The bundled defaults (dcign-face-64's pose/light units, face-guide-64 start), toy sizes.
     argv = ["demo", "--out", str(tmp_path), "--chains", "4", "--draws", "4", "--warmup", "4"]
     assert main([*argv, "--quiet"]) == 0
     assert (tmp_path / "posterior.nc").exists()
     out = capsys.readouterr().out
     assert "pretrained encoder 'dcign-face-64'" in out and "guide face-guide-64" in out
+    assert "groups azimuth,elevation,light" in out
 
 
 def test_demo_summary_for_another_size_exits_2(capsys):
