@@ -276,27 +276,19 @@ def test_resumed_training_continues_at_the_calls_learning_rate(tmp_path):
         checkpoint=tmp_path / "part.pt",
         **options,
     )
-    same, slower = make_guide(0), make_guide(0)
-    train_guide(
-        program,
-        same,
-        simulated_batches,
-        steps=8,
-        lr=0.01,
-        resume=tmp_path / "part.pt",
-        checkpoint=tmp_path / "same.pt",
-        **options,
-    )
-    train_guide(
-        program,
-        slower,
-        simulated_batches,
-        steps=8,
-        lr=0.001,
-        resume=tmp_path / "part.pt",
-        checkpoint=tmp_path / "slow.pt",
-        **options,
-    )
+    resumed = {}  # checkpoint name -> guide resumed from part.pt at that rate
+    for name, rate in (("same.pt", 0.01), ("slow.pt", 0.001)):
+        resumed[name] = make_guide(0)
+        train_guide(
+            program,
+            resumed[name],
+            simulated_batches,
+            steps=8,
+            lr=rate,
+            resume=tmp_path / "part.pt",
+            checkpoint=tmp_path / name,
+            **options,
+        )
     rates = {
         name: {
             group["lr"]
@@ -310,9 +302,11 @@ def test_resumed_training_continues_at_the_calls_learning_rate(tmp_path):
     # Two steps at a tenth of the rate move the weights about a tenth as far (Adam's steps are
     # about lr each, the moment estimates being shared).
     start = part["modules"]["guide"]
-    moved_same = sum((v - start[k]).abs().sum() for k, v in weights(same).items())
-    moved_slow = sum((v - start[k]).abs().sum() for k, v in weights(slower).items())
-    assert 0.05 < float(moved_slow / moved_same) < 0.2
+    moved = {
+        name: sum((v - start[k]).abs().sum() for k, v in weights(guide).items())
+        for name, guide in resumed.items()
+    }
+    assert 0.05 < float(moved["slow.pt"] / moved["same.pt"]) < 0.2
 
 
 def test_checkpoint_is_written_every_k_steps_atomically(tmp_path):
