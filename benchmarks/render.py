@@ -2,10 +2,11 @@
 
 numba path vs torch path at 64, 128 and 150 px on 1 and 2 threads, all 200 shape and 200
 texture components, measured side by side in one run. Prints a markdown table and writes
-benchmarks/results/render.json.
+benchmarks/results/render.json (render_cuda.json with ``--device cuda``).
 
-    python benchmarks/render.py            # full
-    python benchmarks/render.py --quick    # a few seconds
+    python benchmarks/render.py                  # full
+    python benchmarks/render.py --quick          # a few seconds
+    python benchmarks/render.py --device cuda    # torch path on the GPU, batches 64 to 4096
 """
 
 from __future__ import annotations
@@ -40,13 +41,17 @@ def latents(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def scenes_per_second(program, batch: int, min_seconds: float) -> float:
-    inputs = latents(batch)
+def scenes_per_second(program, batch: int, min_seconds: float, device: str = "cpu") -> float:
+    inputs = {name: value.to(device) for name, value in latents(batch).items()}
+    # CUDA launches are asynchronous: wait for the queued work before reading the clock.
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with torch.no_grad():
         program.render(**inputs)  # warm-up: numba compile / cache load, allocator
+        sync()
         done, start = 0, time.perf_counter()
         while True:
             program.render(**inputs)
+            sync()
             done += batch
             elapsed = time.perf_counter() - start
             if elapsed >= min_seconds:
@@ -57,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short timings, 64 px only")
     parser.add_argument("--seconds", type=float, default=None, help="minimum seconds per cell")
+    parser.add_argument("--device", default="cpu", help="cpu (numba vs torch) or cuda (torch)")
     args = parser.parse_args(argv)
     seconds = args.seconds or (0.5 if args.quick else 3.0)
+    if args.device != "cpu":
+        return main_cuda(args.device, seconds, quick=args.quick)
     resolutions = (64,) if args.quick else (64, 128, 150)
     batches = {"numba": 512, "torch": 64}
     model_info = programs.face().model
@@ -97,6 +105,37 @@ def main(argv: list[str] | None = None) -> int:
             "triangles": model_info.n_triangles,
             "vertices": model_info.n_vertices,
             "batch": batches,
+            "seconds_per_cell": seconds,
+            "rows": rows,
+        },
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def main_cuda(device: str, seconds: float, *, quick: bool) -> int:
+    """The torch path on a GPU (the numba kernel is CPU-only): scenes per second by batch."""
+    if not torch.cuda.is_available():
+        raise SystemExit(f"--device {device} needs CUDA, and torch sees none; use --device cpu")
+    resolutions = (64,) if quick else (64, 128, 150)
+    batch_sizes = (64, 1024) if quick else (64, 256, 1024, 4096)
+    model_info = programs.face().model
+    rows = []
+    for resolution in resolutions:
+        program = programs.face(resolution=resolution, backend="torch")
+        for batch in batch_sizes:
+            rate = scenes_per_second(program, batch, seconds, device)
+            rows.append({"resolution": resolution, "batch": batch, "scenes_per_s": rate})
+    name = torch.cuda.get_device_name(torch.device(device))
+    print(f"face program render on {name}, torch path, {model_info.n_triangles} triangles")
+    print(format_table(rows, ["resolution", "batch", "scenes_per_s"]))
+    path = write_json(
+        "render_cuda",
+        {
+            "benchmark": "render",
+            "device": name,
+            "backend": "torch",
+            "triangles": model_info.n_triangles,
             "seconds_per_cell": seconds,
             "rows": rows,
         },
