@@ -21,8 +21,9 @@ def dcign_summary():
 @pytest.mark.parametrize("mode", ["one_factor", "within_batch"])
 def test_dcign_face_64_units_follow_their_factors_on_fresh_scenes(dcign_summary, mode):
     # 200 scenes per factor in 10 one-factor batches. The card's pooled |r| (400 scenes) is
-    # about 0.9; batches are clustered, so the standard error here is about 0.03, and 0.8 is
-    # more than three below. Within a batch the card says >= 0.96.
+    # 0.94 to 0.95 (about 0.90 for the 52,000-step weights this bound was set for); batches are
+    # clustered, so the standard error here is about 0.03, and 0.8 is more than three below.
+    # Within a batch the card says >= 0.97.
     r = factor_correlations(dcign_summary, face(resolution=64), n=200, seed=77_000, mode=mode)
     bound = 0.8 if mode == "one_factor" else 0.9
     assert all(abs(r[f]) >= bound for f in FACTORS), r
