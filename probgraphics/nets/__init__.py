@@ -33,18 +33,21 @@ from probgraphics.nets.dcign import (
 )
 from probgraphics.nets.muvae import (
     AzimuthNet,
+    AzimuthSearch,
     LossTerms,
     MuVAE,
     MuVAEConfig,
     MuVAEOutput,
     ShapeEncoder,
     Texturizer,
+    ViewDiscriminator,
     VoxelDecoder,
     beta_vae_loss,
     elbo_loss,
     gaussian_kl,
     mu_vae_loss,
     reconstruction_error,
+    search_azimuth,
 )
 from probgraphics.nets.twin import (
     ImageDecoder,
@@ -58,6 +61,7 @@ from probgraphics.nets.twin import (
 
 __all__ = [
     "AzimuthNet",
+    "AzimuthSearch",
     "CheckpointError",
     "CodeLayout",
     "DCIGN",
@@ -79,6 +83,7 @@ __all__ = [
     "TwinEncoder",
     "TwinOutput",
     "TwinTailed",
+    "ViewDiscriminator",
     "VolumeDecoder",
     "VoxelDecoder",
     "active_mask",
@@ -93,6 +98,7 @@ __all__ = [
     "register_architecture",
     "reparameterize",
     "save_checkpoint",
+    "search_azimuth",
 ]
 
 # Encoders as guides and summaries, and bundled weights (issue 4).

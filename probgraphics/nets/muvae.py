@@ -17,6 +17,15 @@ Seed 004 section 3 and figure 2:
 
 Loss functions for the objectives of seed 004 table 1 (VAE, beta-VAE, mu-VAE) are plain functions
 at the end of the module; each docstring gives its formula.
+
+Two additions of ours, for training on images alone (see ``MuVAEObjective``):
+
+* :func:`search_azimuth`: each image's azimuth as the best of a few evenly spaced angles at
+  which its grid renders closest to it (render and compare, no gradient).
+* :class:`ViewDiscriminator`: a small convolutional classifier that tells training images from
+  renders of decoded grids at new azimuths, the idea of projective GANs (Gadelha et al. 2017,
+  seed 004's reference 8): a grid must look like a data image from every side, not only from
+  the view it was fitted to.
 """
 
 from __future__ import annotations
@@ -39,14 +48,17 @@ __all__ = [
     "MuVAE",
     "MuVAEConfig",
     "MuVAEOutput",
+    "AzimuthSearch",
     "ShapeEncoder",
     "Texturizer",
+    "ViewDiscriminator",
     "VoxelDecoder",
     "beta_vae_loss",
     "elbo_loss",
     "gaussian_kl",
     "mu_vae_loss",
     "reconstruction_error",
+    "search_azimuth",
 ]
 
 
@@ -354,6 +366,124 @@ class MuVAE(nn.Module):
             azimuth = torch.zeros(images.shape[0], dtype=images.dtype, device=images.device)
         texture = self.texturizer(projection) if self.texturizer is not None else None
         return MuVAEOutput(mean, log_var, code, grid, azimuth, projection, texture)
+
+
+class AzimuthSearch(NamedTuple):
+    """What :func:`search_azimuth` returns (the grids' device; ``n`` = number of images).
+
+    Attributes:
+        angle: ``(n,)`` the best candidate azimuth, radians in ``[-pi, pi)``.
+        image: ``(n, 1, D, D)`` the network's image there (texturized when searched so).
+        error: ``(n,)`` mean squared pixel error of ``image``.
+    """
+
+    angle: torch.Tensor
+    image: torch.Tensor
+    error: torch.Tensor
+
+
+def search_azimuth(
+    net: MuVAE,
+    grids: torch.Tensor,
+    images: torch.Tensor,
+    candidates: int,
+    *,
+    texturize: bool = False,
+) -> AzimuthSearch:
+    """For each image, the azimuth among ``candidates`` evenly spaced ones at which its grid
+    renders closest to it: ``argmin_k ||x_i - render(g_i, -pi + 2 pi k / candidates)||^2``.
+
+    With ``texturize`` (and a network with a texturizer) the error is that of the projection
+    plus that of the texturized image, as in the training loss. Runs without gradient; ties go
+    to the first candidate. Memory is one rendered batch at a time.
+
+    Args:
+        net: the :class:`MuVAE` whose :meth:`~MuVAE.render` (and texturizer) draw the images.
+        grids: ``(n, D, D, D)`` occupancy grids, canonical pose.
+        images: ``(n, 1, D, D)`` images, same device.
+        candidates: number of angles tried, >= 1.
+        texturize: compare texturized images too.
+
+    Returns:
+        :class:`AzimuthSearch`.
+    """
+    if not isinstance(net, MuVAE):
+        raise TypeError(f"net must be a MuVAE, got {type(net).__name__}.")
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+        raise ValueError(f"candidates must be an int >= 1, got {candidates!r}.")
+    d = net.config.voxel_size
+    if not isinstance(grids, torch.Tensor) or grids.dim() != 4 or grids.shape[1:] != (d, d, d):
+        got = tuple(grids.shape) if isinstance(grids, torch.Tensor) else type(grids).__name__
+        raise ValueError(f"grids must be (n, {d}, {d}, {d}), got {got}.")
+    n = grids.shape[0]
+    if not isinstance(images, torch.Tensor) or images.shape != (n, 1, d, d):
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be ({n}, 1, {d}, {d}) to match the grids, got {got}.")
+    texturizer = net.texturizer if texturize else None
+    best_error = torch.full((n,), math.inf, device=grids.device)
+    best_angle = torch.zeros(n, device=grids.device)
+    best_image = torch.zeros_like(images)
+    best_pixel_error = torch.zeros(n, device=grids.device)
+    with torch.no_grad():
+        for k in range(candidates):
+            angle = -math.pi + 2.0 * math.pi * k / candidates
+            projection = net.render(grids, torch.full((n,), angle, device=grids.device))
+            shown = projection if texturizer is None else texturizer(projection)
+            pixel_error = (shown - images).square().flatten(1).mean(1)
+            error = pixel_error
+            if texturizer is not None:
+                error = error + (projection - images).square().flatten(1).mean(1)
+            better = error < best_error
+            best_error = torch.where(better, error, best_error)
+            best_angle = torch.where(better, torch.full_like(best_angle, angle), best_angle)
+            best_image[better] = shown[better]
+            best_pixel_error = torch.where(better, pixel_error, best_pixel_error)
+    return AzimuthSearch(best_angle, best_image, best_pixel_error)
+
+
+class ViewDiscriminator(nn.Module):
+    """Images ``(*batch, 1, D, D)`` -> logits ``(*batch,)`` that they are training images rather
+    than renders of decoded grids at new azimuths.
+
+    Two 4x4 stride-2 convolutions with leaky ReLU (``channels`` filters), then a linear layer.
+    Small on purpose: it needs only to see whether a render's silhouette is that of a real
+    shape from some side.
+
+    Args:
+        voxel_size: image edge ``D`` (the mu-VAE's ``voxel_size``).
+        channels: filters of the convolutions.
+        leaky_slope: negative slope of the leaky ReLUs.
+    """
+
+    def __init__(
+        self,
+        voxel_size: int = 28,
+        *,
+        channels: Sequence[int] = (32, 64),
+        leaky_slope: float = 0.2,
+    ) -> None:
+        super().__init__()
+        if isinstance(voxel_size, bool) or not isinstance(voxel_size, int) or voxel_size < 4:
+            raise ValueError(f"voxel_size must be an int >= 4, got {voxel_size!r}.")
+        channels = tuple(channels)
+        if not channels or any(
+            isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels
+        ):
+            raise ValueError(f"channels must be ints >= 1, got {channels!r}.")
+        layers: list[nn.Module] = []
+        size, previous = voxel_size, 1
+        for width in channels:
+            layers += [nn.Conv2d(previous, width, 4, 2, 1), nn.LeakyReLU(leaky_slope)]
+            size, previous = size // 2, width
+        self.voxel_size = voxel_size
+        self.features = nn.Sequential(*layers)
+        self.output = nn.Linear(previous * size * size, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        d = self.voxel_size
+        batch = _leading_shape(images, (1, d, d), "images", self)
+        features = self.features(images.reshape(-1, 1, d, d)).flatten(1)
+        return self.output(features).reshape(batch)
 
 
 # --------------------------------------------------------------------------------------------

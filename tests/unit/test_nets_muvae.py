@@ -14,12 +14,14 @@ from probgraphics.nets import (
     MuVAEConfig,
     ShapeEncoder,
     Texturizer,
+    ViewDiscriminator,
     VoxelDecoder,
     beta_vae_loss,
     elbo_loss,
     gaussian_kl,
     mu_vae_loss,
     reconstruction_error,
+    search_azimuth,
 )
 
 
@@ -220,3 +222,62 @@ def test_loss_inputs_are_validated():
         reconstruction_error(IMAGES, [])
     with pytest.raises(ValueError, match="beta"):
         beta_vae_loss(IMAGES, PROJECTION, MEAN, LOG_VAR, beta=float("inf"))
+
+
+# --------------------------------------------------------------------------------------------
+# Azimuth search and the novel-view discriminator
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("texturize", [False, True])
+def test_search_azimuth_matches_a_brute_force_loop(texturize):
+    torch.manual_seed(0)
+    net = MuVAE(small_config(voxel_size=16, texturizer=True)).eval()
+    grids = torch.rand(5, 16, 16, 16)
+    images = torch.rand(5, 1, 16, 16)
+    # One image is an exact render of its grid at candidate 3 of 8 (-pi + 3 * 2 pi / 8).
+    images[2] = net.render(grids[2:3], torch.tensor([-math.pi + 0.75 * math.pi]))[0].detach()
+    found = search_azimuth(net, grids, images, 8, texturize=texturize)
+    for i in range(5):
+        errors, shown = [], []
+        for k in range(8):
+            angle = torch.tensor([-math.pi + 2 * math.pi * k / 8])
+            with torch.no_grad():
+                projection = net.render(grids[i : i + 1], angle)
+                image = net.texturizer(projection) if texturize else projection
+            error = float((image - images[i]).square().mean())
+            if texturize:
+                error += float((projection - images[i]).square().mean())
+            errors.append(error)
+            shown.append(image[0])
+        best = min(range(8), key=errors.__getitem__)
+        assert float(found.angle[i]) == pytest.approx(-math.pi + 2 * math.pi * best / 8)
+        torch.testing.assert_close(found.image[i], shown[best])
+        expected = float((shown[best] - images[i]).square().mean())
+        assert float(found.error[i]) == pytest.approx(expected, rel=1e-5)
+    if not texturize:
+        assert float(found.angle[2]) == pytest.approx(-math.pi + 0.75 * math.pi)
+        assert float(found.error[2]) == pytest.approx(0.0, abs=1e-10)
+    assert not found.angle.requires_grad
+
+
+def test_search_azimuth_checks_its_input():
+    net = MuVAE(small_config(voxel_size=16))
+    with pytest.raises(ValueError, match="candidates"):
+        search_azimuth(net, torch.rand(2, 16, 16, 16), torch.rand(2, 1, 16, 16), 0)
+    with pytest.raises(ValueError, match=r"grids must be \(n, 16, 16, 16\)"):
+        search_azimuth(net, torch.rand(2, 8, 8, 8), torch.rand(2, 1, 16, 16), 4)
+    with pytest.raises(ValueError, match="to match the grids"):
+        search_azimuth(net, torch.rand(2, 16, 16, 16), torch.rand(3, 1, 16, 16), 4)
+
+
+def test_view_discriminator_gives_one_logit_per_image_and_validates():
+    discriminator = ViewDiscriminator(16, channels=(4, 8))
+    assert discriminator(torch.rand(3, 1, 16, 16)).shape == (3,)
+    assert discriminator(torch.rand(2, 3, 1, 16, 16)).shape == (2, 3)
+    with pytest.raises(ValueError, match=r"\(\*batch, 1, 16, 16\)"):
+        discriminator(torch.rand(3, 1, 28, 28))
+    with pytest.raises(ValueError, match="channels"):
+        ViewDiscriminator(16, channels=(4, 0))
+    with pytest.raises(ValueError, match="voxel_size"):
+        ViewDiscriminator(2)
