@@ -251,6 +251,7 @@ def evaluate_muvae(
     shapes,
     *,
     azimuth_latent_mean: torch.Tensor | None = None,
+    azimuth_candidates: int | None = None,
     rotations: int = 24,
     threshold: float = 0.5,
 ) -> dict[str, Any]:
@@ -268,11 +269,22 @@ def evaluate_muvae(
       ``|mean_i exp(i theta_i)|`` of those angles: 1 when every image got the same angle (the
       azimuth latent collapsed, and the decoder can only learn a grid facing one view), near 0
       for angles spread around the circle as the true ones are.
+    * ``azimuth_source``: ``"latent"`` for the above, or ``"search"`` when instead
+      ``azimuth_candidates`` is given: each image's angle is the one of that many evenly spaced
+      at which its decoded grid renders closest to it (:func:`~probgraphics.nets.search_azimuth`,
+      projections compared, as ``MuVAEObjective(azimuth="search")`` picks them in training).
+      This works for any image, held-out ones included, and fills the same keys.
     """
+    from probgraphics.nets.muvae import search_azimuth
     from probgraphics.render.voxel import rotate_about_vertical
 
     if not isinstance(net, MuVAE):
         raise TypeError(f"net must be a MuVAE, got {type(net).__name__}.")
+    if azimuth_latent_mean is not None and azimuth_candidates is not None:
+        raise ValueError(
+            "give azimuth_latent_mean (learned per-image latents) or azimuth_candidates (angles "
+            "found by search), not both."
+        )
     device = next(net.parameters()).device
     with torch.no_grad(), evaluation_mode(net):
         images = shapes.images.to(device)
@@ -299,6 +311,7 @@ def evaluate_muvae(
             },
             "shapes": int(predicted.shape[0]),
         }
+        angles = None
         if azimuth_latent_mean is not None:
             latent = azimuth_latent_mean.to(device)
             if latent.shape[0] != predicted.shape[0]:
@@ -307,6 +320,17 @@ def evaluate_muvae(
                     f"{predicted.shape[0]} shapes."
                 )
             angles = net.azimuth_net(latent).cpu()
+            result["azimuth_source"] = "latent"
+        elif azimuth_candidates is not None:
+            angles = torch.cat(
+                [
+                    search_azimuth(net, grids, chunk, azimuth_candidates).angle
+                    for grids, chunk in zip(predicted.split(256), images.split(256), strict=True)
+                ]
+            ).cpu()
+            result["azimuth_source"] = "search"
+            result["azimuth_candidates"] = int(azimuth_candidates)
+        if angles is not None:
             fit, errors = _azimuth_fit(angles, shapes.azimuth)
             result["azimuth"] = fit
             result["learned_angle_resultant"] = float(

@@ -40,20 +40,24 @@ from typing import Any
 import pyro
 import pyro.poutine as poutine
 import torch
+import torch.nn.functional as F
 from torch.distributions import constraints, kl_divergence
 
 from probgraphics.atomic import atomic_write_text
 from probgraphics.inference.svi import TrainResult, train_guide
 from probgraphics.nets.checkpoint import save_checkpoint
 from probgraphics.nets.clamped import clamp_inactive
-from probgraphics.nets.dcign import DCIGN, CodeLayout, DCIGNConfig, DCIGNEncoder
+from probgraphics.nets.dcign import DCIGN, CodeLayout, DCIGNConfig, DCIGNEncoder, reparameterize
 from probgraphics.nets.guides import EncoderGuide, discover_sites
 from probgraphics.nets.muvae import (
     MuVAE,
     MuVAEConfig,
+    MuVAEOutput,
+    ViewDiscriminator,
     beta_vae_loss,
     gaussian_kl,
     mu_vae_loss,
+    search_azimuth,
 )
 
 __all__ = [
@@ -69,6 +73,7 @@ __all__ = [
     "dcign_face_64",
     "evaluate_face_guide",
     "face_guide_64",
+    "fit_uniform_azimuth_net",
     "initialize_dcign",
     "initialize_encoder",
     "muvae_shapes",
@@ -208,25 +213,52 @@ class DCIGNClampedLoss:
 
 
 _OBJECTIVES = ("mu", "beta", "elbo")
-_AZIMUTHS = ("latent", "uniform", "fixed")
+_AZIMUTHS = ("latent", "uniform", "fixed", "search")
 
 
 class MuVAEObjective:
     """The seed 004 objectives for a :class:`MuVAE` on images alone, as an SVI loss.
 
     Batches must carry ``indices`` (``(B,)`` int64 positions of the images in the training
-    set, as :class:`ShuffledBatches` gives): with ``azimuth="latent"`` (seed 004's final model)
+    set, as :class:`ShuffledBatches` gives) when ``azimuth="latent"`` (seed 004's final model):
     every training image has its own azimuth latent ``Z_theta ~ N(mu_theta, sigma_theta^2)``
     whose parameters are Pyro parameters ``azimuth_latent_mean`` / ``azimuth_latent_std``
     ``(n_items, m)`` (non-amortized), mapped to an angle by the network's azimuth net.
 
-    Per batch: encode, sample the shape code, decode a grid, rotate it by the azimuth, project,
-    texturize, and take
+    Per batch: encode, sample the shape code, decode a grid ``g``, rotate it by the azimuth,
+    project, texturize, and take the objective ``L_obj``:
 
-    * ``"mu"``: :func:`~probgraphics.nets.mu_vae_loss` with the azimuth latent's terms (needs
-      ``MuVAEConfig(bounded_std=True)``; the azimuth std is bounded to (0, 1) likewise);
+    * ``"mu"``: :func:`~probgraphics.nets.mu_vae_loss` (with the azimuth latent's terms when
+      there is one; needs ``MuVAEConfig(bounded_std=True)``; the azimuth std is bounded to
+      (0, 1) likewise);
     * ``"beta"``: :func:`~probgraphics.nets.beta_vae_loss` (``beta`` on both KL terms);
     * ``"elbo"``: the same with ``beta = 1``.
+
+    The azimuth ``theta_i`` of image ``x_i`` is, with ``azimuth=``: ``"latent"`` the azimuth
+    net of a sample of its latent (case 2b); ``"uniform"`` a fresh uniform angle per image and
+    step (case 2a); ``"fixed"`` 0 (case 1); ``"search"`` (ours) the best of ``candidates``
+    evenly spaced angles, ``theta_i = argmin_k ||x_i - render(sg[g_i], -pi + 2 pi k / K)||^2``
+    (:func:`~probgraphics.nets.search_azimuth`; ``sg`` stops the gradient): a hard EM step in
+    the angle, which cannot collapse to one angle for every image as the per-image latents do.
+
+    **Novel views** (ours; ``novel_views = lambda > 0``). Fitting each image from its own view
+    does not make the grid 3D: a slab facing that view fits as well. A
+    :class:`~probgraphics.nets.ViewDiscriminator` ``D`` learns to tell training images from
+    renders ``r_i = render(g_i, phi_i)`` at fresh uniform azimuths ``phi_i ~ U(-pi, pi)``, and
+    the network is trained to fool it (projective GAN, Gadelha et al. 2017). With
+    ``s(t) = log(1 + e^t)``, the network's loss is
+
+    ``L = L_obj + lambda * (1/B) sum_i s(-D(r_i))``
+
+    with ``D``'s weights held fixed, and ``D`` takes one Adam step (``discriminator_lr``,
+    betas 0.5 / 0.999) per call on
+
+    ``L_D = (1/B) sum_i [s(-D(x_i)) + s(D(sg[r_i]))]``,
+
+    so no gradient of ``L_D`` reaches the network and none of ``L`` reaches ``D``. ``D`` and
+    its optimizer are this object's state (:meth:`state_dict`, saved in training checkpoints
+    by :func:`train_guide`). The step of ``D`` uses the renders of the same call, so it equals
+    a step taken after the network's.
 
     The model and guide :func:`train_guide` passes are not used: the network is trained in
     training mode (batch norm on batch statistics) through its own forward pass, which is the
@@ -237,9 +269,17 @@ class MuVAEObjective:
         n_items: number of training images (rows of the per-image azimuth parameters).
         objective: ``"mu"``, ``"beta"`` or ``"elbo"``.
         beta: the beta-VAE factor (seed 004: 30).
-        azimuth: ``"latent"`` (per-image latent, case 2b), ``"uniform"`` (a fresh uniform angle
-            per image and step, case 2a) or ``"fixed"`` (0, case 1).
+        azimuth: ``"latent"``, ``"uniform"``, ``"fixed"`` or ``"search"``.
+        candidates: angles tried by ``azimuth="search"``, >= 2.
+        novel_views: the weight ``lambda`` of the novel-view term, >= 0 (0: none, no ``D``).
+        discriminator: the ``D`` to use (default: a new ``ViewDiscriminator``).
+        discriminator_lr: ``D``'s Adam learning rate.
+        module_name: the Pyro name of the network's parameters.
         initial_spread: standard deviation of the random initial azimuth-latent means.
+
+    Attributes:
+        last_terms: after a call, ``{"objective", "novel_view", "discriminator"}`` -> detached
+            scalar tensors (the last two only with novel views).
     """
 
     def __init__(
@@ -250,6 +290,10 @@ class MuVAEObjective:
         objective: str = "mu",
         beta: float = 30.0,
         azimuth: str = "latent",
+        candidates: int = 12,
+        novel_views: float = 0.0,
+        discriminator: torch.nn.Module | None = None,
+        discriminator_lr: float = 2e-4,
         module_name: str = "muvae",
         initial_spread: float = 1.0,
     ) -> None:
@@ -268,13 +312,46 @@ class MuVAEObjective:
             )
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0:
             raise ValueError(f"beta must be a number > 0, got {beta!r}.")
+        if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 2:
+            raise ValueError(f"candidates must be an int >= 2, got {candidates!r}.")
+        for label, value, low in (
+            ("novel_views", novel_views, 0.0),
+            ("discriminator_lr", discriminator_lr, None),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or (value < low if low is not None else value <= 0)
+            ):
+                bound = ">= 0" if low is not None else "> 0"
+                raise ValueError(f"{label} must be a finite number {bound}, got {value!r}.")
+        if discriminator is not None and not isinstance(discriminator, torch.nn.Module):
+            raise TypeError(
+                f"discriminator must be an nn.Module or None, got {type(discriminator).__name__}."
+            )
+        if discriminator is not None and not novel_views > 0:
+            raise ValueError("a discriminator is used only with novel_views > 0; set its weight.")
         self.net = net
         self.n_items = n_items
         self.objective = objective
         self.beta = float(beta)
         self.azimuth = azimuth
+        self.candidates = candidates
+        self.novel_views = float(novel_views)
         self.module_name = module_name
         self.initial_spread = float(initial_spread)
+        self.discriminator: torch.nn.Module | None = None
+        self.discriminator_optimizer: torch.optim.Optimizer | None = None
+        if self.novel_views > 0:
+            if discriminator is None:
+                discriminator = ViewDiscriminator(net.config.voxel_size)
+            device = next(net.parameters()).device
+            self.discriminator = discriminator.to(device)
+            self.discriminator_optimizer = torch.optim.Adam(
+                self.discriminator.parameters(), lr=float(discriminator_lr), betas=(0.5, 0.999)
+            )
+        self.last_terms: dict[str, torch.Tensor] = {}
         self.__name__ = f"{objective}_vae"
 
     def azimuth_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,20 +371,37 @@ class MuVAEObjective:
         )
         return mean, std
 
-    def __call__(
-        self,
-        model: Callable,
-        guide: Callable,
-        observation: torch.Tensor,
-        *,
-        indices: torch.Tensor | None = None,
-        **_: Any,
-    ) -> torch.Tensor:
-        if observation is None:
-            raise ValueError("the mu-VAE objective needs a batch of images.")
-        net = pyro.module(self.module_name, self.net)
+    def state_dict(self) -> dict[str, Any]:
+        """The discriminator's weights and optimizer state (empty without novel views)."""
+        if self.discriminator is None:
+            return {}
+        return {
+            "discriminator": {
+                k: v.detach().cpu() for k, v in self.discriminator.state_dict().items()
+            },
+            "discriminator_optimizer": self.discriminator_optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` gave (resuming a run)."""
+        if self.discriminator is None:
+            if state:
+                raise ValueError(
+                    f"this objective has no novel-view discriminator but the state holds "
+                    f"{sorted(state)}; resume with the same novel_views."
+                )
+            return
+        if "discriminator" not in state:
+            raise ValueError(
+                "this objective trains a novel-view discriminator but the state holds none; "
+                "resume a run that used the same novel_views."
+            )
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
+
+    def _reconstruct(self, net: MuVAE, observation: torch.Tensor, indices: torch.Tensor | None):
+        """``(out, azimuth_mean, azimuth_log_var)`` for the batch under ``self.azimuth``."""
         batch = observation.shape[0]
-        azimuth_mean = azimuth_log_var = None
         if self.azimuth == "latent":
             if indices is None:
                 raise ValueError(
@@ -329,30 +423,76 @@ class MuVAEObjective:
             azimuth_mean, std = mean_all[indices], std_all[indices]
             azimuth_log_var = 2.0 * std.log()
             latent = azimuth_mean + std * torch.randn_like(azimuth_mean)
-            out = net(observation, azimuth_latent=latent)
-        elif self.azimuth == "uniform":
+            return net(observation, azimuth_latent=latent), azimuth_mean, azimuth_log_var
+        if self.azimuth == "uniform":
             angle = (torch.rand(batch, device=observation.device) * 2.0 - 1.0) * math.pi
-            out = net(observation, azimuth=angle)
-        else:
-            out = net(observation)
+            return net(observation, azimuth=angle), None, None
+        if self.azimuth == "fixed":
+            return net(observation), None, None
+        mean, log_var = net.encode(observation)
+        code = reparameterize(mean, log_var)
+        grid = net.decode(code)
+        angle = search_azimuth(net, grid.detach(), observation, self.candidates).angle
+        projection = net.render(grid, angle)
+        texture = net.texturizer(projection) if net.texturizer is not None else None
+        return MuVAEOutput(mean, log_var, code, grid, angle, projection, texture), None, None
+
+    def _novel_view_term(self, observation: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """The network's novel-view loss (``D`` fixed), after one step of ``D`` on the same
+        renders."""
+        discriminator = self.discriminator
+        batch = observation.shape[0]
+        angle = (torch.rand(batch, device=observation.device) * 2.0 - 1.0) * math.pi
+        novel = self.net.render(grid, angle)
+        # A snapshot of D's weights: the network's loss sees D as it was before D's step below,
+        # and the backward pass cannot reach D (nor trip over its in-place update).
+        frozen = {k: v.detach().clone() for k, v in discriminator.named_parameters()}
+        fooling = F.softplus(-torch.func.functional_call(discriminator, frozen, (novel,))).mean()
+        discriminator_loss = (
+            F.softplus(-discriminator(observation)).mean()
+            + F.softplus(discriminator(novel.detach())).mean()
+        )
+        self.discriminator_optimizer.zero_grad(set_to_none=True)
+        discriminator_loss.backward()
+        self.discriminator_optimizer.step()
+        self.last_terms["novel_view"] = fooling.detach()
+        self.last_terms["discriminator"] = discriminator_loss.detach()
+        return fooling
+
+    def __call__(
+        self,
+        model: Callable,
+        guide: Callable,
+        observation: torch.Tensor,
+        *,
+        indices: torch.Tensor | None = None,
+        **_: Any,
+    ) -> torch.Tensor:
+        if observation is None:
+            raise ValueError("the mu-VAE objective needs a batch of images.")
+        net = pyro.module(self.module_name, self.net)
+        self.last_terms = {}
+        out, azimuth_mean, azimuth_log_var = self._reconstruct(net, observation, indices)
         reconstructions = [out.projection] + ([out.texture] if out.texture is not None else [])
         if self.objective == "mu":
-            terms = mu_vae_loss(
+            loss = mu_vae_loss(
                 observation,
                 reconstructions,
                 out.shape_mean,
                 out.shape_log_var,
                 azimuth_mean,
                 azimuth_log_var,
-            )
-            return terms.loss
-        beta = self.beta if self.objective == "beta" else 1.0
-        terms = beta_vae_loss(
-            observation, reconstructions, out.shape_mean, out.shape_log_var, beta=beta
-        )
-        loss = terms.loss
-        if azimuth_mean is not None:
-            loss = loss + beta * gaussian_kl(azimuth_mean, azimuth_log_var).mean()
+            ).loss
+        else:
+            beta = self.beta if self.objective == "beta" else 1.0
+            loss = beta_vae_loss(
+                observation, reconstructions, out.shape_mean, out.shape_log_var, beta=beta
+            ).loss
+            if azimuth_mean is not None:
+                loss = loss + beta * gaussian_kl(azimuth_mean, azimuth_log_var).mean()
+        self.last_terms["objective"] = loss.detach()
+        if self.discriminator is not None:
+            loss = loss + self.novel_views * self._novel_view_term(observation, out.grid)
         return loss
 
 
@@ -827,6 +967,60 @@ def dcign_face_64(
     return result
 
 
+def fit_uniform_azimuth_net(
+    azimuth_net: torch.nn.Module,
+    *,
+    steps: int = 1000,
+    batch_size: int = 512,
+    lr: float = 1e-2,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Fit an :class:`~probgraphics.nets.AzimuthNet` so that it maps ``z ~ N(0, I_m)`` to
+    ``Uniform(-pi, pi)``: least squares onto ``pi * erf(z_1 / sqrt(2))``, which is uniform
+    when ``z_1`` is standard normal (the probability integral transform).
+
+    For a network trained with ``azimuth="search"``, whose azimuth net the training never
+    used: the ``voxel`` program's ``"latent"`` azimuth site is ``N(0, I_m)`` through this net,
+    so after the fit its angle prior is uniform. Adam, in place, on the net's device.
+
+    Returns:
+        ``{"rmse_rad": ...}``, the root-mean-square error on a fresh batch after the fit, and
+        ``{"max_quantile_gap": ...}``, the largest gap between the empirical CDF of the angles
+        of 10,000 fresh draws and the uniform CDF (a Kolmogorov-Smirnov distance).
+    """
+    for label, value in (("steps", steps), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label} must be an int >= 1, got {value!r}.")
+    parameter = next(azimuth_net.parameters())
+    size = azimuth_net.config.azimuth_latent_size
+    generator = torch.Generator(device=parameter.device).manual_seed(seed)
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.randn(n, size, generator=generator, device=parameter.device)
+        return z, math.pi * torch.erf(z[:, 0] / math.sqrt(2.0))
+
+    optimizer = torch.optim.Adam(azimuth_net.parameters(), lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            z, target = draw(batch_size)
+            loss = (azimuth_net(z) - target).square().mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        z, target = draw(10_000)
+        angles = azimuth_net(z)
+        rmse = float((angles - target).square().mean().sqrt())
+        ordered = ((angles.sort().values + math.pi) / (2 * math.pi)).double().cpu()
+        ranks = torch.arange(1, ordered.numel() + 1, dtype=torch.float64) / ordered.numel()
+        gap = float(
+            torch.maximum(
+                (ranks - ordered).abs(), (ranks - 1 / ordered.numel() - ordered).abs()
+            ).max()
+        )
+    return {"rmse_rad": rmse, "max_quantile_gap": gap}
+
+
 #: The CPU-sized mu-VAE of the "muvae-shapes" recipe (28^3 voxels, as seed 004).
 MUVAE_SHAPES = MuVAEConfig(
     voxel_size=28,
@@ -852,6 +1046,9 @@ def muvae_shapes(
     n_shapes: int = 4000,
     objective: str = "mu",
     beta: float = 30.0,
+    azimuth: str = "search",
+    candidates: int = 12,
+    novel_views: float = 10.0,
     lr: float = 1e-3,
     config: MuVAEConfig = MUVAE_SHAPES,
     checkpoint: str | os.PathLike | None = None,
@@ -867,13 +1064,23 @@ def muvae_shapes(
     :func:`probgraphics.data.procedural_shapes`) seen as their 28 px projections at random
     azimuths, shuffled minibatches. Model: the ``voxel`` program of the network (texturizer on,
     azimuth latent); guide: :class:`EncoderGuide` of its shape encoder for the ``shape`` site;
-    loss: :class:`MuVAEObjective` (``objective`` ``"mu"``, ``"beta"`` or ``"elbo"``) with the
-    per-image azimuth latents; optimizer: Adam (seed 004).
+    loss: :class:`MuVAEObjective` (``objective`` ``"mu"``, ``"beta"`` or ``"elbo"``; ``azimuth``
+    ``"latent"``, seed 004's per-image latents, or ``"search"``, the best of ``candidates``
+    angles; ``novel_views`` the weight of the novel-view discriminator term, 0 for none);
+    optimizer: Adam (seed 004).
 
-    Writes the network (kind ``"muvae"``; the learned per-image azimuth parameters go into the
-    checkpoint's ``extra``) and its model card; with ``evaluate`` the card holds the voxel IoU
-    against the true grids on held-out shapes and the azimuth error on training shapes
-    (:func:`probgraphics.evaluation.evaluate_muvae`).
+    The defaults (``azimuth="search", novel_views=10``) train the bundled weights. With seed
+    004's per-image latents alone (``azimuth="latent", novel_views=0``) the angles collapse to
+    one and the grids are slabs facing that view (``docs/results.md`` sec. 7). Training with
+    the search leaves the azimuth net unused; it is then fitted so that it maps ``N(0, I)`` to
+    ``Uniform(-pi, pi)`` (:func:`fit_uniform_azimuth_net`), which makes the ``voxel``
+    program's default azimuth prior uniform, as the data's azimuths are.
+
+    Writes the network (kind ``"muvae"``; learned per-image azimuth parameters, when there are
+    any, go into the checkpoint's ``extra``) and its model card; with ``evaluate`` the card
+    holds the voxel IoU against the true grids on held-out shapes and the azimuth error
+    (:func:`probgraphics.evaluation.evaluate_muvae`): on training shapes from the learned
+    latents, or, with the search, on held-out and training shapes from the search.
 
     Returns:
         The :class:`TrainResult`.
@@ -894,7 +1101,17 @@ def muvae_shapes(
     net.train()
     program = voxel(net, texturizer=config.texturizer, azimuth="latent")
     guide = EncoderGuide(net, program, site_layout={"shape": tuple(range(config.shape_code_size))})
-    loss = MuVAEObjective(net, n_shapes, objective=objective, beta=beta, azimuth="latent")
+    if azimuth not in ("latent", "search"):
+        raise ValueError(f"azimuth must be 'latent' or 'search', got {azimuth!r}.")
+    loss = MuVAEObjective(
+        net,
+        n_shapes,
+        objective=objective,
+        beta=beta,
+        azimuth=azimuth,
+        candidates=candidates,
+        novel_views=novel_views,
+    )
     result = train_guide(
         program,
         guide,
@@ -915,6 +1132,9 @@ def muvae_shapes(
     net.eval()
     azimuth_mean = result.params.get("azimuth_latent_mean")
     azimuth_std = result.params.get("azimuth_latent_std")
+    azimuth_fit = None
+    if azimuth == "search":
+        azimuth_fit = fit_uniform_azimuth_net(net.azimuth_net, seed=seed)
     evaluation = None
     if evaluate:
         from probgraphics.evaluation import evaluate_muvae
@@ -922,29 +1142,39 @@ def muvae_shapes(
         held_out = procedural_shapes(
             evaluation_shapes, resolution=config.voxel_size, seed=seed + 10_000
         )
+        searched = candidates if azimuth == "search" else None
         evaluation = {
-            "held_out": evaluate_muvae(net, held_out),
+            "held_out": evaluate_muvae(net, held_out, azimuth_candidates=searched),
             "training": evaluate_muvae(
                 net,
                 _subset_shapes(shapes, evaluation_shapes),
                 azimuth_latent_mean=None
                 if azimuth_mean is None
                 else azimuth_mean[:evaluation_shapes],
+                azimuth_candidates=searched,
             ),
         }
+        if azimuth_fit is not None:
+            evaluation["azimuth_net_uniform_fit"] = azimuth_fit
     extra: dict[str, Any] = {
         "recipe": "muvae-shapes",
         "steps": result.steps,
         "seed": seed,
         "n_shapes": n_shapes,
         "objective": objective,
+        "azimuth": azimuth,
+        "candidates": candidates,
+        "novel_views": float(novel_views),
     }
     if azimuth_mean is not None:
         extra["azimuth_latent_mean"] = azimuth_mean.detach().cpu()
         extra["azimuth_latent_std"] = azimuth_std.detach().cpu()
     training = {
         "data": f"procedural_shapes({n_shapes}, resolution={config.voxel_size}, seed={seed})",
-        "loss": f"MuVAEObjective(objective={objective!r}, beta={beta}, azimuth='latent')",
+        "loss": (
+            f"MuVAEObjective(objective={objective!r}, beta={beta}, azimuth={azimuth!r}, "
+            f"candidates={candidates}, novel_views={novel_views})"
+        ),
         "optimizer": "Adam(betas=(0.9, 0.999))",
         "lr": lr,
     }
@@ -963,8 +1193,18 @@ def muvae_shapes(
         evaluation=evaluation,
         description=(
             "mu-VAE 3D autoencoder (seed 004) trained on 28 px projections of procedural voxel "
-            "shapes at random azimuths, images only (no 3D supervision); azimuth as a per-image "
-            f"latent through a tanh net; texturizer on; objective {objective!r}."
+            "shapes at random azimuths, images only (no 3D supervision); "
+            + (
+                "azimuth as a per-image latent through a tanh net"
+                if azimuth == "latent"
+                else f"azimuth by search over {candidates} angles"
+            )
+            + (
+                f"; a discriminator on renders at new azimuths (weight {novel_views})"
+                if novel_views > 0
+                else ""
+            )
+            + f"; texturizer on; objective {objective!r}."
         ),
     )
     return result

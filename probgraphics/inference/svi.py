@@ -586,7 +586,9 @@ def train_guide(
             ``checkpoint_every`` steps and at the end.
         checkpoint_every: steps between checkpoints, >= 1.
         resume: a training checkpoint to continue from (may equal ``checkpoint``); the
-            modules, parameters, optimizer and random state are restored. A named optimizer
+            modules, parameters, optimizer and random state are restored, and so is a callable
+            loss's own state when it has ``state_dict()`` / ``load_state_dict(state)`` (e.g. a
+            discriminator it trains). A named optimizer
             continues at this call's ``lr`` (its moment estimates are kept), so a run can be
             resumed at a lower rate.
         seed: seeds torch, numpy and Python's generators at the start (not on resume). With a
@@ -661,7 +663,11 @@ def train_guide(
         with store.scope():
             if saved is not None:
                 start_step, losses, previous_time = _restore(
-                    saved, trainable, optim, lr=float(lr) if isinstance(optimizer, str) else None
+                    saved,
+                    trainable,
+                    optim,
+                    loss_fn,
+                    lr=float(lr) if isinstance(optimizer, str) else None,
                 )
                 restorer: Messenger | None = _RestoreParams(
                     saved["params"], device or torch.device("cpu")
@@ -710,7 +716,7 @@ def train_guide(
                         elapsed = previous_time + time.perf_counter() - run_start
                         last_written = _atomic_save(
                             checkpoint_path,
-                            _payload(step, losses, elapsed, trainable, optim, settings),
+                            _payload(step, losses, elapsed, trainable, optim, settings, loss_fn),
                         )
                     if stop:
                         break
@@ -720,7 +726,8 @@ def train_guide(
             if checkpoint_path is not None and last_written is None and step > start_step:
                 elapsed = previous_time + time.perf_counter() - run_start
                 last_written = _atomic_save(
-                    checkpoint_path, _payload(step, losses, elapsed, trainable, optim, settings)
+                    checkpoint_path,
+                    _payload(step, losses, elapsed, trainable, optim, settings, loss_fn),
                 )
             params = {
                 name: value.detach().clone() for name, value in store.items() if "$$$" not in name
@@ -747,9 +754,10 @@ def _payload(
     modules: Mapping[str, nn.Module],
     optim: pyro.optim.PyroOptim,
     settings: dict[str, Any],
+    loss_fn: Any,
 ) -> dict[str, Any]:
     store = pyro.get_param_store()
-    return {
+    payload = {
         "format": TRAINING_CHECKPOINT_FORMAT,
         "version": TRAINING_CHECKPOINT_VERSION,
         "step": step,
@@ -764,12 +772,25 @@ def _payload(
         "rng": _rng_state(),
         "settings": dict(settings),
     }
+    if _has_state(loss_fn):
+        payload["loss_state"] = loss_fn.state_dict()
+    return payload
+
+
+def _has_state(loss_fn: Any) -> bool:
+    # Pyro's ELBOs keep no state between steps; a callable loss may (a discriminator).
+    return (
+        not isinstance(loss_fn, ELBO)
+        and callable(getattr(loss_fn, "state_dict", None))
+        and callable(getattr(loss_fn, "load_state_dict", None))
+    )
 
 
 def _restore(
     saved: Mapping[str, Any],
     modules: Mapping[str, nn.Module],
     optim: pyro.optim.PyroOptim,
+    loss_fn: Any,
     *,
     lr: float | None = None,
 ) -> tuple[int, list[float], float]:
@@ -801,6 +822,14 @@ def _restore(
             for name, state in optimizer_state.items()
         }
     optim.set_state(optimizer_state)
+    if _has_state(loss_fn):
+        try:
+            loss_fn.load_state_dict(saved.get("loss_state", {}))
+        except (KeyError, RuntimeError, ValueError) as error:
+            raise ValueError(
+                f"cannot resume: the checkpoint's loss state does not fit this run's loss "
+                f"({str(error)[:300]}); resume with the same loss settings."
+            ) from None
     _set_rng_state(saved["rng"])
     return int(saved["step"]), [float(v) for v in saved["losses"]], float(saved["wall_time"])
 

@@ -235,6 +235,175 @@ def test_muvae_objective_checks_its_input():
         MuVAEObjective(unbounded, 8, objective="mu")
     with pytest.raises(ValueError, match="objective must be one of"):
         MuVAEObjective(net, 8, objective="aae")
+    with pytest.raises(ValueError, match="azimuth must be one of"):
+        MuVAEObjective(net, 8, azimuth="random")
+    with pytest.raises(ValueError, match="candidates must be an int >= 2"):
+        MuVAEObjective(net, 8, azimuth="search", candidates=1)
+    with pytest.raises(ValueError, match="novel_views must be a finite number >= 0"):
+        MuVAEObjective(net, 8, novel_views=-1.0)
+    with pytest.raises(ValueError, match="discriminator_lr must be a finite number > 0"):
+        MuVAEObjective(net, 8, novel_views=1.0, discriminator_lr=0.0)
+    with pytest.raises(ValueError, match="only with novel_views > 0"):
+        MuVAEObjective(net, 8, discriminator=torch.nn.Linear(1, 1))
+    with pytest.raises(TypeError, match="discriminator must be an nn.Module"):
+        MuVAEObjective(net, 8, novel_views=1.0, discriminator="D")
+
+
+def test_search_objective_renders_each_image_at_its_searched_angle(monkeypatch):
+    net, program, guide, shapes = muvae_setup()
+    seen = {}
+    original = training.search_azimuth
+
+    def spy(net_, grids, images, candidates, **kwargs):
+        found = original(net_, grids, images, candidates, **kwargs)
+        seen.update(grids=grids, images=images, candidates=candidates, angle=found.angle)
+        return found
+
+    monkeypatch.setattr(training, "search_azimuth", spy)
+    rendered = []
+    original_render = net.render
+    monkeypatch.setattr(
+        net,
+        "render",
+        lambda grid, azimuth=None: rendered.append(azimuth) or original_render(grid, azimuth),
+    )
+    loss = MuVAEObjective(net, 32, azimuth="search", candidates=6)
+    value = loss(None, None, shapes.images[:8])
+    assert seen["candidates"] == 6 and not seen["grids"].requires_grad
+    # The search's own renders (6) come first, then the one the loss uses, at the found angles.
+    assert len(rendered) == 7
+    torch.testing.assert_close(rendered[-1], seen["angle"])
+    assert value.requires_grad and set(loss.last_terms) == {"objective"}
+
+
+def test_novel_view_term_and_discriminator_step_match_a_hand_written_reference():
+    import copy
+
+    net, _, _, shapes = muvae_setup()
+    x = shapes.images[:8]
+    loss = MuVAEObjective(net, 32, azimuth="search", candidates=4, novel_views=3.0)
+    before = copy.deepcopy(loss.discriminator)
+    reference_net = copy.deepcopy(net)
+    torch.manual_seed(5)
+    value = loss(None, None, x)
+
+    # The reference: the same draws in the same order, the loss written out.
+    torch.manual_seed(5)
+    mean, log_var = reference_net.encode(x)
+    grid = reference_net.decode(mean + (0.5 * log_var).exp() * torch.randn_like(mean))
+    angle = training.search_azimuth(reference_net, grid.detach(), x, 4).angle
+    projection = reference_net.render(grid, angle)
+    objective = training.mu_vae_loss(
+        x, [projection, reference_net.texturizer(projection)], mean, log_var
+    ).loss
+    novel = reference_net.render(grid, (torch.rand(8) * 2 - 1) * math.pi)
+    fooling = torch.nn.functional.softplus(-before(novel)).mean()
+    expected = objective + 3.0 * fooling
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(loss.last_terms["novel_view"], fooling.detach())
+
+    # The network's gradient is that of the written-out loss; none of it reaches D.
+    d_grads = [p.grad.clone() for p in loss.discriminator.parameters()]
+    value.backward()
+    for p, g in zip(loss.discriminator.parameters(), d_grads, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
+    before_grads = torch.autograd.grad(
+        expected, list(reference_net.parameters()), allow_unused=True
+    )
+    for (name, p), g in zip(net.named_parameters(), before_grads, strict=True):
+        if g is None:
+            assert p.grad is None or not bool(p.grad.any()), name
+        else:
+            torch.testing.assert_close(p.grad, g, msg=name)
+
+    # D took one Adam step on L_D of the same renders, which sent no gradient to the network.
+    optimizer = torch.optim.Adam(before.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    softplus = torch.nn.functional.softplus
+    d_loss = softplus(-before(x)).mean() + softplus(before(novel.detach())).mean()
+    optimizer.zero_grad()
+    d_loss.backward()
+    optimizer.step()
+    torch.testing.assert_close(loss.last_terms["discriminator"], d_loss.detach())
+    for (name, a), b in zip(
+        loss.discriminator.named_parameters(), before.parameters(), strict=True
+    ):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_novel_view_objective_trains_and_resumes_with_its_discriminator(tmp_path):
+    _, _, _, shapes = muvae_setup()
+    batches = ShuffledBatches(shapes.images, 16, seed=0)
+
+    def run(steps, path, resume=None):
+        net, program, guide, _ = muvae_setup()
+        loss = MuVAEObjective(net, 32, azimuth="search", candidates=4, novel_views=1.0)
+        result = train_guide(
+            program,
+            guide,
+            batches,
+            steps=steps,
+            loss=loss,
+            lr=3e-3,
+            # As the recipe does, so the checkpoint keeps the batch-norm statistics too.
+            modules={"muvae": net},
+            seed=0,
+            checkpoint=path,
+            resume=resume,
+            progress=False,
+        )
+        return result, net, loss
+
+    whole, whole_net, whole_loss = run(30, tmp_path / "a.pt")
+    assert sum(whole.losses[-6:]) < sum(whole.losses[:6])
+    run(12, tmp_path / "b.pt")
+    resumed, resumed_net, resumed_loss = run(30, tmp_path / "b.pt", resume=tmp_path / "b.pt")
+    assert resumed.losses == whole.losses
+    for module_a, module_b in (
+        (whole_net, resumed_net),
+        (whole_loss.discriminator, resumed_loss.discriminator),
+    ):
+        for (name, a), b in zip(
+            module_a.state_dict().items(), module_b.state_dict().values(), strict=True
+        ):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+    # A checkpoint without a discriminator cannot resume a run that trains one.
+    net, program, guide, _ = muvae_setup()
+    train_guide(
+        program,
+        guide,
+        batches,
+        steps=2,
+        loss=MuVAEObjective(net, 32, azimuth="search"),
+        checkpoint=tmp_path / "c.pt",
+        progress=False,
+    )
+    with pytest.raises(ValueError, match="loss state does not fit"):
+        train_guide(
+            program,
+            guide,
+            batches,
+            steps=4,
+            loss=MuVAEObjective(net, 32, azimuth="search", novel_views=1.0),
+            resume=tmp_path / "c.pt",
+            progress=False,
+        )
+
+
+def test_uniform_azimuth_fit_makes_the_latent_prior_uniform():
+    net = MuVAE(TINY_MUVAE)
+    fit = training.fit_uniform_azimuth_net(net.azimuth_net, seed=0)
+    generator = torch.Generator().manual_seed(123)
+    n = 20_000
+    with torch.no_grad():
+        angles = net.azimuth_net(torch.randn(n, 2, generator=generator)).double()
+    ordered = ((angles.sort().values + math.pi) / (2 * math.pi)).numpy()
+    ks = float(np.max(np.maximum(np.arange(1, n + 1) / n - ordered, ordered - np.arange(n) / n)))
+    # Kolmogorov-Smirnov critical value at level 0.001 is 1.95 / sqrt(n); we allow 0.01 more for
+    # the least-squares fit's own error (a tanh net approximating pi * erf).
+    assert ks < 1.95 / math.sqrt(n) + 0.01
+    assert fit["max_quantile_gap"] < 1.95 / math.sqrt(10_000) + 0.01
+    assert fit["rmse_rad"] < 0.1
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,13 +501,41 @@ def test_muvae_recipe_writes_weights_with_the_azimuth_parameters(tmp_path):
         n_shapes=16,
         config=TINY_MUVAE,
         evaluation_shapes=8,
+        azimuth="latent",
+        novel_views=0.0,
     )
     module, _, extra = load_checkpoint(out, expected_kind="muvae")
     assert isinstance(module, MuVAE)
     assert extra["azimuth_latent_mean"].shape == (16, 2)
     card = json.loads((tmp_path / "muvae-shapes.json").read_text())
     assert 0 <= card["evaluation"]["held_out"]["iou_global_rotation"] <= 1
-    assert "azimuth" in card["evaluation"]["training"]
+    assert card["evaluation"]["training"]["azimuth_source"] == "latent"
+    assert "azimuth" not in card["evaluation"]["held_out"]
+
+
+def test_muvae_recipe_defaults_search_angles_with_novel_views(tmp_path):
+    from probgraphics.nets import load_checkpoint
+
+    out = tmp_path / "muvae-shapes.pt"
+    training.muvae_shapes(
+        out,
+        steps=2,
+        batch_size=8,
+        progress=False,
+        n_shapes=16,
+        config=TINY_MUVAE,
+        evaluation_shapes=8,
+    )
+    module, _, extra = load_checkpoint(out, expected_kind="muvae")
+    assert (extra["azimuth"], extra["novel_views"]) == ("search", 10.0)
+    assert "azimuth_latent_mean" not in extra
+    card = json.loads((tmp_path / "muvae-shapes.json").read_text())
+    evaluation = card["evaluation"]
+    for split in ("held_out", "training"):
+        assert evaluation[split]["azimuth_source"] == "search"
+        assert 0 <= evaluation[split]["azimuth"]["mean_abs_deg"] <= 180
+    assert evaluation["azimuth_net_uniform_fit"]["rmse_rad"] < 0.2
+    assert "novel_views=10.0" in card["training"]["loss"]
 
 
 def test_recipes_validate_their_arguments(tmp_path):
@@ -348,6 +545,8 @@ def test_recipes_validate_their_arguments(tmp_path):
         training.dcign_face_64(tmp_path / "x.pt", steps=1, batch_size=1)
     with pytest.raises(ValueError, match="n_shapes"):
         training.muvae_shapes(tmp_path / "x.pt", steps=1, batch_size=8, n_shapes=4)
+    with pytest.raises(ValueError, match="azimuth must be 'latent' or 'search'"):
+        training.muvae_shapes(tmp_path / "x.pt", steps=1, batch_size=8, azimuth="fixed")
 
 
 # --------------------------------------------------------------------------------------------
