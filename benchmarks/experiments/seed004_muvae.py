@@ -15,9 +15,10 @@ used:
   fitted): the azimuth latent is not amortized (seed 004 sec. 3), so a held-out image has no
   learned angle; its azimuth is found by rendering the decoded grid at ``--candidates`` evenly
   spaced angles and keeping the best match to the image (projection and texturizer errors, as
-  the training loss). For training images the learned per-image latents of the checkpoint
-  (``extra["azimuth_latent_mean"]``) are scored too, when it has them. Angles unrelated to the
-  truth give about 90 degrees.
+  the training loss). Training images are scored too: with the learned per-image latents of
+  the checkpoint (``extra["azimuth_latent_mean"]``) when it has them, or with the angles its
+  training's search picks (``extra["azimuth"] == "search"``). Angles unrelated to the truth give
+  about 90 degrees.
 
 The figure shows, for a few held-out shapes, the input image and the true grid's projections at
 azimuths 0..315 degrees (8 steps; 0 is the canonical pose), beside the network's reconstruction
@@ -66,7 +67,13 @@ from _common import format_table  # noqa: E402
 from probgraphics.config import set_num_threads  # noqa: E402
 from probgraphics.data import procedural_shapes  # noqa: E402
 from probgraphics.evaluation import azimuth_errors, evaluate_muvae, voxel_iou  # noqa: E402
-from probgraphics.nets import CheckpointError, MuVAE, MuVAEConfig, load_checkpoint  # noqa: E402
+from probgraphics.nets import (  # noqa: E402
+    CheckpointError,
+    MuVAE,
+    MuVAEConfig,
+    load_checkpoint,
+    search_azimuth,
+)
 from probgraphics.nets.summaries import evaluation_mode  # noqa: E402
 from probgraphics.plots import image_grid  # noqa: E402
 from probgraphics.render.voxel import project, rotate_about_vertical  # noqa: E402
@@ -217,33 +224,17 @@ def fit_azimuth(
     texturize: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For each image ``(n, 1, D, D)``, the azimuth of ``candidates`` evenly spaced in
-    [-pi, pi) at which its grid ``(n, D, D, D)`` renders closest to it (squared error of the
-    projection plus, when ``texturize`` and the network has a texturizer, of the texturized
-    image, as the training loss).
+    [-pi, pi) at which its grid ``(n, D, D, D)`` renders closest to it
+    (:func:`probgraphics.nets.search_azimuth`; with ``texturize``, projection and texturized
+    image compared, as the training loss does).
 
     Returns ``(angles (n,), reconstructions (n, 1, D, D), errors (n,))``: the best angle, the
     network's image there (texturized when it can) and its mean squared pixel error."""
-    n = images.shape[0]
-    best_error = torch.full((n,), math.inf, device=images.device)
-    best_angle = torch.zeros(n, device=images.device)
-    best_image = torch.zeros_like(images)
-    best_pixel_error = torch.zeros(n, device=images.device)
-    texturizer = net.texturizer if texturize else None
     with torch.no_grad(), evaluation_mode(net):
-        for k in range(candidates):
-            angle = -math.pi + 2.0 * math.pi * k / candidates
-            projection = net.render(grids, torch.full((n,), angle, device=images.device))
-            shown = projection if texturizer is None else texturizer(projection)
-            pixel_error = (shown - images).square().flatten(1).mean(1)
-            error = (projection - images).square().flatten(1).mean(1)
-            if texturizer is not None:
-                error = error + pixel_error
-            better = error < best_error
-            best_error = torch.where(better, error, best_error)
-            best_angle = torch.where(better, torch.full_like(best_angle, angle), best_angle)
-            best_image[better] = shown[better]
-            best_pixel_error = torch.where(better, pixel_error, best_pixel_error)
-    return best_angle, best_image, best_pixel_error
+        found = search_azimuth(
+            net, grids, images, candidates, texturize=texturize and net.texturizer is not None
+        )
+    return found.angle, found.image, found.error
 
 
 def mean_grid_baseline(baseline, held_out) -> dict:
@@ -335,7 +326,7 @@ def markdown(result: dict) -> str:
             }
         training = result.get("training")
         if training is not None:
-            row["azimuth error training, learned (deg)"] = (
+            row["azimuth error training (deg)"] = (
                 training["azimuth"]["mean_abs_deg"]
                 if name == "all"
                 else training["azimuth_per_class_mean_abs_deg"].get(name, "")
@@ -352,21 +343,29 @@ def markdown(result: dict) -> str:
         "same, true grids (deg)",
     ]
     if result.get("training") is not None:
-        columns.append("azimuth error training, learned (deg)")
+        columns.append("azimuth error training (deg)")
     columns.append("paper")
     fit = held["azimuth"]
     training = result.get("training")
-    training_line = (
-        f"Training shapes ({training['shapes']}, the checkpoint's learned per-image azimuth "
-        f"latents): IoU {training['iou_global_rotation']:.3g} after global rotation; azimuth "
-        f"offset {training['azimuth']['offset_deg']:.1f} deg, mirrored "
-        f"{training['azimuth']['mirrored']}; mean resultant length of the learned angles "
-        f"{training['learned_angle_resultant']:.3f} (1: every image got one angle, the latent "
-        "collapsed; near 0: spread like the true azimuths)."
-        if training is not None
-        else "The checkpoint holds no learned per-image azimuths, so training azimuths are not "
-        "scored."
-    )
+    if training is None:
+        training_line = (
+            "The checkpoint holds no learned per-image azimuths and was not trained with the "
+            "angle search, so training azimuths are not scored."
+        )
+    else:
+        source = (
+            "the checkpoint's learned per-image azimuth latents"
+            if training.get("azimuth_source") == "latent"
+            else f"angles found by the training's search over {training['azimuth_candidates']}"
+        )
+        training_line = (
+            f"Training shapes ({training['shapes']}, {source}): IoU "
+            f"{training['iou_global_rotation']:.3g} after global rotation; azimuth offset "
+            f"{training['azimuth']['offset_deg']:.1f} deg, mirrored "
+            f"{training['azimuth']['mirrored']}; mean resultant length of the angles "
+            f"{training['learned_angle_resultant']:.3f} (1: every image got one angle, the "
+            "azimuth collapsed; near 0: spread like the true azimuths)."
+        )
     lines = [
         "# Seed 004: 3D shape and azimuth recovered by the mu-VAE",
         "",
@@ -461,18 +460,27 @@ def main(argv: list[str] | None = None) -> dict:
     }
     seconds["held_out"] = time.perf_counter() - clock
 
-    # Training shapes with the learned per-image azimuth latents, when the checkpoint has them.
+    # Training shapes, with the learned per-image azimuth latents when the checkpoint has them,
+    # or the angles its training's search picks.
     training = None
     latents = extra.get("azimuth_latent_mean")
-    if isinstance(latents, torch.Tensor) and training_seed is not None and "n_shapes" in extra:
+    latents = latents if isinstance(latents, torch.Tensor) else None
+    searched = extra.get("candidates") if extra.get("azimuth") == "search" else None
+    if (latents is not None or searched) and training_seed is not None and "n_shapes" in extra:
         clock = time.perf_counter()
-        count = min(preset["training_shapes"], int(extra["n_shapes"]), latents.shape[0])
+        count = min(preset["training_shapes"], int(extra["n_shapes"]))
+        if latents is not None:
+            count = min(count, latents.shape[0])
         shapes = _subset_shapes(
             procedural_shapes(int(extra["n_shapes"]), resolution=resolution, seed=training_seed),
             count,
         )
         training = evaluate_muvae(
-            net, shapes, azimuth_latent_mean=latents[:count], rotations=preset["rotations"]
+            net,
+            shapes,
+            azimuth_latent_mean=None if latents is None else latents[:count],
+            azimuth_candidates=None if latents is not None else int(searched),
+            rotations=preset["rotations"],
         )
         seconds["training_shapes"] = time.perf_counter() - clock
 

@@ -106,10 +106,11 @@ def test_seed004_tiny_trains_and_scores(seed004, tmp_path, experiment_outputs):
     markdown, payload = experiment_outputs(tmp_path, "seed004_muvae")
     check_seed004(markdown, payload)
     assert payload["weights"].startswith("trained here")
-    # A network trained here carries its learned per-image azimuths: training is scored too.
+    # A network trained here (angle search) is scored on training shapes at its searched angles.
     training = payload["training"]
     assert training is not None and 0.0 <= training["azimuth"]["mean_abs_deg"] <= 180.0
-    assert "azimuth error training, learned (deg)" in markdown
+    assert training["azimuth_source"] == "search"
+    assert "azimuth error training (deg)" in markdown
 
 
 def test_seed004_tiny_loads_weights(seed004, tmp_path, experiment_outputs):
