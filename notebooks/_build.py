@@ -738,11 +738,14 @@ VOXEL_MUVAE = [
         ## Training from images alone
 
         The recipe `training.muvae_shapes` trains on the shapes' images only: the model is the
-        `voxel` scene program of the network, the loss `MuVAEObjective` (seed 004's mu-VAE
-        objective, with each training image's azimuth latent held as Pyro parameters), and the
-        batches `ShuffledBatches` of the images, all through `train_guide`. A few hundred steps
-        here (ten with `PROBGRAPHICS_FAST=1`); the bundled network's model card records how
-        long it was trained.
+        `voxel` scene program of the network, the batches `ShuffledBatches` of the images, all
+        through `train_guide`. The loss is `MuVAEObjective`: seed 004's mu-VAE objective at
+        each image's azimuth, found by rendering the decoded grid at 12 angles and keeping the
+        best, plus a discriminator term that asks renders at random new azimuths to look like
+        training images. Without that term the grids come out as slabs that explain the one
+        view they were fitted to (`docs/results.md`, section 7). A few hundred steps here (ten
+        with `PROBGRAPHICS_FAST=1`): too few, since the discriminator wins for the first
+        thousand or so. The bundled network's model card records how long it was trained.
         """
     ),
     code(
@@ -773,7 +776,9 @@ VOXEL_MUVAE = [
         Encode held-out images (shapes the network never saw), decode the shape code's mean
         into a grid. The network picks its own canonical frame (nothing told it where "front"
         is), so `evaluate_muvae` reports the voxel IoU both as is and after the one global
-        rotation that best aligns its frame with the data's. We use the bundled `muvae-shapes`
+        rotation that best aligns its frame with the data's. With `azimuth_candidates=12` it
+        also finds each image's azimuth by the training's search and scores it against the
+        truth (after fitting one global offset and mirror). We use the bundled `muvae-shapes`
         when it is installed, else the network trained above.
         """
     ),
@@ -791,10 +796,13 @@ VOXEL_MUVAE = [
         with torch.no_grad():
             mean, _ = net.encode(held_out.images)
             reconstructed = net.decode(mean)  # (HELD_OUT, 28, 28, 28), occupancy in (0, 1)
-            evaluation = evaluate_muvae(net, held_out)
+            evaluation = evaluate_muvae(net, held_out, azimuth_candidates=12)
         print({key: round(evaluation[key], 3)
                for key in ("iou", "iou_global_rotation", "global_rotation_deg")})
         print("IoU per class:", {k: round(v, 3) for k, v in evaluation["iou_per_class"].items()})
+        print("azimuth error (deg), mean and median:",
+              round(evaluation["azimuth"]["mean_abs_deg"], 1),
+              round(evaluation["azimuth"]["median_abs_deg"], 1))
         """
     ),
     code(

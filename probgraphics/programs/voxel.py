@@ -17,7 +17,10 @@ The azimuth (seed 004 sec. 3.2), chosen with ``azimuth=``:
   *unconstrained* azimuth latent ``Z_theta ~ N(0, I_m)`` (``m`` = the mu-VAE's
   ``azimuth_latent_size``), and the angle is the mu-VAE's :class:`~probgraphics.nets.AzimuthNet`
   of it, ``pi * tanh(...)``. A standard-normal site whitens and moves freely under ABC and SVI;
-  the angle's prior is whatever the trained net makes of ``N(0, I_m)``.
+  the angle's prior is whatever the trained net makes of ``N(0, I_m)``. The bundled
+  ``muvae-shapes`` was trained with the angle search, which leaves this net unused; it was
+  then fitted so that the prior is ``Uniform(-pi, pi)``
+  (:func:`probgraphics.training.fit_uniform_azimuth_net`).
 * ``"uniform"`` (case 2a): the site ``azimuth`` is the angle itself, ``Uniform(-pi, pi)``.
 * ``"fixed"`` (case 1): no azimuth site; the angle is 0 and the grid is projected unrotated.
 
