@@ -66,7 +66,12 @@ from _common import format_table  # noqa: E402
 
 from probgraphics.config import set_num_threads  # noqa: E402
 from probgraphics.data import procedural_shapes  # noqa: E402
-from probgraphics.evaluation import azimuth_errors, evaluate_muvae, voxel_iou  # noqa: E402
+from probgraphics.evaluation import (  # noqa: E402
+    average_grid_iou,
+    azimuth_errors,
+    evaluate_muvae,
+    voxel_iou,
+)
 from probgraphics.nets import (  # noqa: E402
     CheckpointError,
     MuVAE,
@@ -238,25 +243,13 @@ def fit_azimuth(
 
 
 def mean_grid_baseline(baseline, held_out) -> dict:
-    """IoU on ``held_out`` of the mean grid of the ``baseline`` shapes, thresholded at the level
-    (of 0.05, 0.1, ..., 0.95) that gives the best mean IoU on ``baseline`` itself."""
-    mean = baseline.grids.mean(0, keepdim=True)
-
-    def iou(grids: torch.Tensor, threshold: float) -> torch.Tensor:
-        predicted = (mean > threshold).float().expand_as(grids)
-        return voxel_iou(predicted, grids)
-
-    levels = [round(0.05 * k, 2) for k in range(1, 20)]
-    threshold = max(levels, key=lambda t: float(iou(baseline.grids, t).mean()))
-    per_item = iou(held_out.grids, threshold)
+    """IoU on ``held_out`` of the mean grid of the ``baseline`` shapes
+    (:func:`probgraphics.evaluation.average_grid_iou`)."""
+    per_item, threshold = average_grid_iou(baseline, held_out)
     return {
         "iou": float(per_item.mean()),
         "threshold": threshold,
-        "iou_per_class": {
-            name: float(per_item[held_out.labels == label].mean())
-            for label, name in enumerate(held_out.classes)
-            if bool((held_out.labels == label).any())
-        },
+        "iou_per_class": per_class_mean(per_item, held_out),
     }
 
 

@@ -12,7 +12,13 @@ import pytest
 import torch
 
 import probgraphics.training as training
-from probgraphics.evaluation import azimuth_error, evaluate_muvae, pearson, voxel_iou
+from probgraphics.evaluation import (
+    average_grid_iou,
+    azimuth_error,
+    evaluate_muvae,
+    pearson,
+    voxel_iou,
+)
 from probgraphics.inference.svi import _BatchedGuide, _BatchedModel, train_guide
 from probgraphics.nets import DCIGN, DCIGNConfig, MuVAE, MuVAEConfig, gaussian_kl
 from probgraphics.nets.guides import EncoderGuide
@@ -776,3 +782,20 @@ def test_evaluate_face_guide_coverage_of_a_prior_like_guide():
     ).std()
     for angle in ("azimuth", "elevation", "light"):
         assert result[angle]["mean_posterior_std_deg"] == pytest.approx(float(reference), rel=0.03)
+
+
+def test_average_grid_iou_thresholds_the_reference_mean_at_its_best_level():
+    from types import SimpleNamespace
+
+    small = torch.zeros(8, 8, 8)
+    small[2:4, 2:4, 2:4] = 1  # 8 voxels
+    large = torch.zeros(8, 8, 8)
+    large[1:5, 1:5, 1:5] = 1  # 64 voxels, containing the small cube
+    # Mean of {small, small, large}: 1 on the small cube, 1/3 on the rest of the large one.
+    # Levels below 1/3 predict the large cube (mean IoU (2/8 + 1)/3 on the reference), levels
+    # from 0.35 the small one ((2 + 1/8)/3), which wins.
+    reference = SimpleNamespace(grids=torch.stack([small, small, large]))
+    shapes = SimpleNamespace(grids=torch.stack([large, small]))
+    per_item, threshold = average_grid_iou(reference, shapes)
+    assert threshold == 0.35
+    torch.testing.assert_close(per_item, torch.tensor([8 / 64, 1.0]))
