@@ -1093,6 +1093,9 @@ def muvae_shapes(
         raise ValueError(f"n_shapes must be an int >= batch_size ({batch_size}), got {n_shapes!r}.")
     if not isinstance(config, MuVAEConfig):
         raise TypeError(f"config must be a MuVAEConfig, got {type(config).__name__}.")
+    # Checked before the data are drawn (seconds): the objective checks the rest.
+    if azimuth not in ("latent", "search"):
+        raise ValueError(f"azimuth must be 'latent' or 'search', got {azimuth!r}.")
     out_path = Path(out_path)
     shapes = procedural_shapes(n_shapes, resolution=config.voxel_size, seed=seed)
     with torch.random.fork_rng(devices=[]):
@@ -1101,8 +1104,6 @@ def muvae_shapes(
     net.train()
     program = voxel(net, texturizer=config.texturizer, azimuth="latent")
     guide = EncoderGuide(net, program, site_layout={"shape": tuple(range(config.shape_code_size))})
-    if azimuth not in ("latent", "search"):
-        raise ValueError(f"azimuth must be 'latent' or 'search', got {azimuth!r}.")
     loss = MuVAEObjective(
         net,
         n_shapes,
