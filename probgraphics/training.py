@@ -1097,22 +1097,24 @@ def muvae_shapes(
     if azimuth not in ("latent", "search"):
         raise ValueError(f"azimuth must be 'latent' or 'search', got {azimuth!r}.")
     out_path = Path(out_path)
-    shapes = procedural_shapes(n_shapes, resolution=config.voxel_size, seed=seed)
+    # The network and the objective's discriminator are initialized from `seed` alone, not from
+    # the caller's random state, and before the data are drawn so that bad settings fail first.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = MuVAE(config)
+        loss = MuVAEObjective(
+            net,
+            n_shapes,
+            objective=objective,
+            beta=beta,
+            azimuth=azimuth,
+            candidates=candidates,
+            novel_views=novel_views,
+        )
     net.train()
+    shapes = procedural_shapes(n_shapes, resolution=config.voxel_size, seed=seed)
     program = voxel(net, texturizer=config.texturizer, azimuth="latent")
     guide = EncoderGuide(net, program, site_layout={"shape": tuple(range(config.shape_code_size))})
-    loss = MuVAEObjective(
-        net,
-        n_shapes,
-        objective=objective,
-        beta=beta,
-        azimuth=azimuth,
-        candidates=candidates,
-        novel_views=novel_views,
-    )
     result = train_guide(
         program,
         guide,

@@ -544,6 +544,27 @@ def test_muvae_recipe_defaults_search_angles_with_novel_views(tmp_path):
     assert "novel_views=10.0" in card["training"]["loss"]
 
 
+def test_muvae_recipe_depends_on_its_seed_not_on_the_callers_random_state(tmp_path):
+    from probgraphics.nets import load_checkpoint
+
+    weights = []
+    for caller_seed in (1, 2):
+        torch.manual_seed(caller_seed)
+        out = tmp_path / f"run{caller_seed}.pt"
+        training.muvae_shapes(
+            out,
+            steps=2,
+            batch_size=8,
+            progress=False,
+            n_shapes=16,
+            config=TINY_MUVAE,
+            evaluate=False,
+        )
+        weights.append(load_checkpoint(out)[0].state_dict())
+    for name, value in weights[0].items():
+        torch.testing.assert_close(value, weights[1][name], rtol=0, atol=0, msg=name)
+
+
 def test_recipes_validate_their_arguments(tmp_path):
     with pytest.raises(ValueError, match="steps"):
         training.dcign_face_64(tmp_path / "x.pt", steps=0)
