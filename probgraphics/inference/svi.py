@@ -588,9 +588,8 @@ def train_guide(
         resume: a training checkpoint to continue from (may equal ``checkpoint``); the
             modules, parameters, optimizer and random state are restored, and so is a callable
             loss's own state when it has ``state_dict()`` / ``load_state_dict(state)`` (e.g. a
-            discriminator it trains). A named optimizer
-            continues at this call's ``lr`` (its moment estimates are kept), so a run can be
-            resumed at a lower rate.
+            discriminator it trains). A named optimizer continues at this call's ``lr`` (its
+            moment estimates are kept), so a run can be resumed at a lower rate.
         seed: seeds torch, numpy and Python's generators at the start (not on resume). With a
             seed or a resume the caller's global random state is restored afterwards.
         callback: ``callback(step, loss)`` after every step; returning ``True`` stops training
