@@ -494,10 +494,8 @@ def test_dcign_recipe_writes_weights_and_model_card_loadable_by_name(tmp_path):
     assert summary(torch.rand(2, 1, 16, 16)).shape == (2, 8)
 
 
-def test_muvae_recipe_writes_weights_with_the_azimuth_parameters(tmp_path):
-    from probgraphics.nets import load_checkpoint
-
-    out = tmp_path / "muvae-shapes.pt"
+def train_tiny_muvae(out, **options):
+    """The registered muvae-shapes recipe, 2 steps on 16 tiny shapes, seed 0."""
     training.RECIPES["muvae-shapes"](
         out,
         steps=2,
@@ -506,10 +504,15 @@ def test_muvae_recipe_writes_weights_with_the_azimuth_parameters(tmp_path):
         progress=False,
         n_shapes=16,
         config=TINY_MUVAE,
-        evaluation_shapes=8,
-        azimuth="latent",
-        novel_views=0.0,
+        **options,
     )
+
+
+def test_muvae_recipe_writes_weights_with_the_azimuth_parameters(tmp_path):
+    from probgraphics.nets import load_checkpoint
+
+    out = tmp_path / "muvae-shapes.pt"
+    train_tiny_muvae(out, evaluation_shapes=8, azimuth="latent", novel_views=0.0)
     module, _, extra = load_checkpoint(out, expected_kind="muvae")
     assert isinstance(module, MuVAE)
     assert extra["azimuth_latent_mean"].shape == (16, 2)
@@ -523,15 +526,7 @@ def test_muvae_recipe_defaults_search_angles_with_novel_views(tmp_path):
     from probgraphics.nets import load_checkpoint
 
     out = tmp_path / "muvae-shapes.pt"
-    training.muvae_shapes(
-        out,
-        steps=2,
-        batch_size=8,
-        progress=False,
-        n_shapes=16,
-        config=TINY_MUVAE,
-        evaluation_shapes=8,
-    )
+    train_tiny_muvae(out, evaluation_shapes=8)
     module, _, extra = load_checkpoint(out, expected_kind="muvae")
     assert (extra["azimuth"], extra["novel_views"]) == ("search", 10.0)
     assert "azimuth_latent_mean" not in extra
@@ -551,15 +546,7 @@ def test_muvae_recipe_depends_on_its_seed_not_on_the_callers_random_state(tmp_pa
     for caller_seed in (1, 2):
         torch.manual_seed(caller_seed)
         out = tmp_path / f"run{caller_seed}.pt"
-        training.muvae_shapes(
-            out,
-            steps=2,
-            batch_size=8,
-            progress=False,
-            n_shapes=16,
-            config=TINY_MUVAE,
-            evaluate=False,
-        )
+        train_tiny_muvae(out, evaluate=False)
         weights.append(load_checkpoint(out)[0].state_dict())
     for name, value in weights[0].items():
         torch.testing.assert_close(value, weights[1][name], rtol=0, atol=0, msg=name)
