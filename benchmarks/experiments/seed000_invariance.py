@@ -292,7 +292,9 @@ def cosine_distance_to_reference(codes: torch.Tensor, reference: int) -> torch.T
     codes = codes.double()
     frontal = codes[:, reference : reference + 1].expand_as(codes)
     similarity = torch.nn.functional.cosine_similarity(codes, frontal, dim=-1, eps=1e-12)
-    return 1.0 - similarity
+    # Rounding can put the similarity of two parallel codes a few ulps above 1 (a distance of
+    # -5.6e-17 failed the [0, 2] check on a fresh install); clamp to cosine's range.
+    return 1.0 - similarity.clamp(-1.0, 1.0)
 
 
 def invariance_distances(
