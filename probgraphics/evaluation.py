@@ -67,6 +67,7 @@ def factor_correlations(
     factors: Sequence[str] = _FACTORS,
     mode: str = "one_factor",
     batch_size: int = 20,
+    images: str = "render",
 ) -> dict[str, float]:
     """Correlation of each factor's code unit with the factor's true value on held-out scenes.
 
@@ -83,6 +84,9 @@ def factor_correlations(
             correlation within each batch: equivariance alone, blind to offsets between
             batches) or ``"random"`` (scenes in which everything varies).
         batch_size: scenes per one-factor batch.
+        images: what the encoder is shown: ``"render"`` (the noise-free render, default) or
+            ``"image"`` (the program's noisy observation, what inference feeds it). The scenes
+            are the same either way.
 
     Returns:
         ``factor -> Pearson r`` (signed; the paper's target is ``|r| >= 0.9``).
@@ -102,14 +106,19 @@ def factor_correlations(
         raise ValueError(f"mode must be 'one_factor', 'within_batch' or 'random', got {mode!r}.")
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"n must be an int >= 2, got {n!r}.")
+    if images not in ("render", "image"):
+        raise ValueError(
+            f"images must be 'render' (noise-free) or 'image' (the noisy observation), got "
+            f"{images!r}."
+        )
     out: dict[str, float] = {}
     if mode == "random":
         scenes = random_scenes(program, n, seed=seed)
-        features = summary(scenes["render"])
+        features = summary(scenes[images])
         for factor in factors:
             out[factor] = pearson(features[:, layout[factor][0]], scenes[factor])
         return out
-    batches: OneFactorBatches = one_factor_batches(program, batch_size, seed=seed)
+    batches: OneFactorBatches = one_factor_batches(program, batch_size, seed=seed, images=images)
     generator = torch.Generator().manual_seed(seed)
     for factor in factors:
         values, truths = [], []
@@ -144,18 +153,34 @@ def reconstruction_mse(net: DCIGN, images: torch.Tensor, *, chunk_size: int = 25
     return total / count
 
 
-def evaluate_dcign(net: DCIGN, program=None, *, n: int = 400, seed: int = 10_000) -> dict[str, Any]:
+def evaluate_dcign(
+    net: DCIGN,
+    program=None,
+    *,
+    n: int = 400,
+    seed: int = 10_000,
+    random_n: int | None = None,
+) -> dict[str, Any]:
     """The DC-IGN measurements on held-out face scenes.
 
     Returns ``{"correlation_one_factor": {factor: r}, "correlation_within_batch": {factor: mean
-    r}, "correlation_random": {factor: r}, "reconstruction_mse": float, "scenes": n, "seed":
-    seed}`` (see :func:`factor_correlations` for the modes); ``program`` defaults to the face
-    program at the network's resolution.
+    r}, "correlation_random": {factor: r}, "correlation_random_image": {factor: r},
+    "reconstruction_mse": float, "scenes": n, "random_scenes": random_n, "seed": seed}`` (see
+    :func:`factor_correlations` for the modes). The one-factor modes use ``n`` scenes per
+    factor; the random-scene correlations use ``random_n`` scenes (default ``n``) in which
+    everything varies, shown to the encoder as noise-free renders (``correlation_random``) and
+    as the program's noisy observations (``correlation_random_image``: the same scenes, what
+    inference feeds the encoder). ``program`` defaults to the face program at the network's
+    resolution.
     """
     from probgraphics.data import random_scenes
 
     if not isinstance(net, DCIGN):
         raise TypeError(f"net must be a DCIGN, got {type(net).__name__}.")
+    if random_n is None:
+        random_n = n
+    if isinstance(random_n, bool) or not isinstance(random_n, int) or random_n < 2:
+        raise ValueError(f"random_n must be an int >= 2 or None, got {random_n!r}.")
     if program is None:
         from probgraphics.programs.face import face
 
@@ -168,10 +193,14 @@ def evaluate_dcign(net: DCIGN, program=None, *, n: int = 400, seed: int = 10_000
             summary, program, n=n, seed=seed, mode="within_batch"
         ),
         "correlation_random": factor_correlations(
-            summary, program, n=n, seed=seed + 1, mode="random"
+            summary, program, n=random_n, seed=seed + 1, mode="random"
+        ),
+        "correlation_random_image": factor_correlations(
+            summary, program, n=random_n, seed=seed + 1, mode="random", images="image"
         ),
         "reconstruction_mse": reconstruction_mse(net, scenes["render"]),
         "scenes": n,
+        "random_scenes": random_n,
         "seed": seed,
     }
 

@@ -847,7 +847,10 @@ def dcign_face_64(
     resume: str | os.PathLike | None = None,
     evaluate: bool = True,
     evaluation_scenes: int = 400,
+    evaluation_random_scenes: int = 2000,
     command: str | None = None,
+    init: str | os.PathLike | None = None,
+    images: str = "render",
 ) -> TrainResult:
     """Train the bundled ``dcign-face-64`` DC-IGN with the clamped procedure of seed 001.
 
@@ -880,7 +883,9 @@ def dcign_face_64(
     Writes the network to ``out_path`` (``nets.save_checkpoint``, kind ``"dcign"``) and the
     model card (``.md``, ``.json``) next to it; with ``evaluate`` the card holds the held-out
     correlations of the azimuth / elevation / light units with the true values and the
-    reconstruction error (:func:`probgraphics.evaluation.evaluate_dcign`).
+    reconstruction error (:func:`probgraphics.evaluation.evaluate_dcign`: ``evaluation_scenes``
+    per factor in one-factor batches, and ``evaluation_random_scenes`` random scenes shown as
+    noise-free renders and as noisy observations).
 
     Args:
         out_path: where the weights go (``.pt``).
@@ -888,6 +893,14 @@ def dcign_face_64(
         checkpoint, checkpoint_every, resume: training checkpoints (see ``train_guide``);
             resuming needs the same seed and settings.
         command: the command line recorded in the model card.
+        init: start from these weights instead of :func:`initialize_dcign`: a DC-IGN
+            checkpoint file (``nets.save_checkpoint``, kind ``"dcign"``, e.g. the bundled
+            ``probgraphics/nets/weights/dcign-face-64.pt``) built with ``config``. The
+            optimizer starts fresh (a training checkpoint, ``resume=``, restores its state too
+            and wins over ``init``).
+        images: the training images: ``"render"`` (noise-free, the default) or ``"image"``,
+            the program's noisy observation (``Normal(render, noise)``, noise 0.02 for the face
+            program): what inference feeds the encoder. Same scenes either way, batch for batch.
 
     Returns:
         The :class:`TrainResult`.
@@ -901,13 +914,18 @@ def dcign_face_64(
     if not isinstance(config, DCIGNConfig):
         raise TypeError(f"config must be a DCIGNConfig, got {type(config).__name__}.")
     face_program = face(resolution=config.image_size)
-    batches = one_factor_batches(face_program, batch_size, seed=seed, ratio=ratio)
-    # The mean intensity of a few batches sets the initial output bias.
-    probe = one_factor_batches(face_program, batch_size, seed=seed, ratio=ratio)
-    mean_pixel = float(torch.cat([next(probe).images for _ in range(4)]).mean().clamp(0.01, 0.99))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = initialize_dcign(DCIGN(config), mean_pixel)
+    batches = one_factor_batches(face_program, batch_size, seed=seed, ratio=ratio, images=images)
+    if init is None:
+        # The mean intensity of a few batches sets the initial output bias.
+        probe = one_factor_batches(face_program, batch_size, seed=seed, ratio=ratio)
+        mean_pixel = torch.cat([next(probe).images for _ in range(4)]).mean().clamp(0.01, 0.99)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = initialize_dcign(DCIGN(config), float(mean_pixel))
+        initialization = f"initialize_dcign(mean_pixel={float(mean_pixel):.4f})"
+    else:
+        net = _load_dcign_weights(init, config)
+        initialization = f"the weights of {str(init)!r}"
     net.train()
     program = dcign(net, noise=training_noise)
     guide = EncoderGuide(net, program)
@@ -930,11 +948,11 @@ def dcign_face_64(
     net.eval()
     training = {
         "data": f"one_factor_batches(face(resolution={config.image_size}), "
-        f"batch_size={batch_size}, seed={seed}, ratio={list(ratio)})",
+        f"batch_size={batch_size}, seed={seed}, ratio={list(ratio)}, images={images!r})",
         "loss": "DCIGNClampedLoss (SGVB on the clamped code, closed-form KL)",
         "invariance_scale": invariance_scale,
         "training_noise": training_noise,
-        "initialization": f"initialize_dcign(mean_pixel={mean_pixel:.4f})",
+        "initialization": initialization,
         "optimizer": optimizer,
         "lr": lr,
     }
@@ -942,7 +960,13 @@ def dcign_face_64(
     if evaluate:
         from probgraphics.evaluation import evaluate_dcign
 
-        evaluation = evaluate_dcign(net, face_program, n=evaluation_scenes, seed=seed + 10_000)
+        evaluation = evaluate_dcign(
+            net,
+            face_program,
+            n=evaluation_scenes,
+            seed=seed + 10_000,
+            random_n=evaluation_random_scenes,
+        )
     _save_recipe_outputs(
         out_path,
         "dcign-face-64",
@@ -965,6 +989,21 @@ def dcign_face_64(
         ),
     )
     return result
+
+
+def _load_dcign_weights(path: str | os.PathLike, config: DCIGNConfig) -> DCIGN:
+    """A new ``DCIGN(config)`` holding the weights of the DC-IGN checkpoint at ``path``."""
+    from probgraphics.nets.checkpoint import load_checkpoint
+
+    loaded, saved_config, _ = load_checkpoint(path, expected_kind="dcign")
+    net = DCIGN(config)
+    if saved_config.to_dict() != net.config.to_dict():
+        raise ValueError(
+            f"init {str(path)!r} holds a DC-IGN built with {saved_config.to_dict()}, not this "
+            f"recipe's config {net.config.to_dict()}; start from weights of the same network."
+        )
+    net.load_state_dict(loaded.state_dict())
+    return net
 
 
 def fit_uniform_azimuth_net(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -476,6 +477,7 @@ def test_dcign_recipe_writes_weights_and_model_card_loadable_by_name(tmp_path):
             decoder_kernel=3,
         ),
         evaluation_scenes=8,
+        evaluation_random_scenes=6,
         command="probgraphics train dcign-face-64 --steps 3",
     )
     assert result.steps == 3 and len(result.losses) == 3
@@ -483,7 +485,8 @@ def test_dcign_recipe_writes_weights_and_model_card_loadable_by_name(tmp_path):
     assert card["command"] == "probgraphics train dcign-face-64 --steps 3"
     assert card["steps"] == 3 and card["config"]["channels"] == [4]
     evaluation = card["evaluation"]
-    for mode in ("one_factor", "within_batch", "random"):
+    assert (evaluation["scenes"], evaluation["random_scenes"]) == (8, 6)
+    for mode in ("one_factor", "within_batch", "random", "random_image"):
         correlations = evaluation[f"correlation_{mode}"]
         assert set(correlations) == {"azimuth", "elevation", "light"}
         assert all(-1 <= r <= 1 for r in correlations.values() if not isinstance(r, str))
@@ -492,6 +495,44 @@ def test_dcign_recipe_writes_weights_and_model_card_loadable_by_name(tmp_path):
     assert model_card("dcign-face-64", tmp_path)["steps"] == 3
     summary = pretrained("dcign-face-64", directory=tmp_path)
     assert summary(torch.rand(2, 1, 16, 16)).shape == (2, 8)
+
+
+def test_dcign_recipe_starts_from_given_weights_and_trains_on_noisy_images(tmp_path):
+    from probgraphics.nets import load_checkpoint
+
+    tiny = dict(steps=1, seed=1, batch_size=4, progress=False, config=TINY_DCIGN, evaluate=False)
+    first = tmp_path / "first.pt"
+    training.dcign_face_64(first, **tiny)
+    start = load_checkpoint(first)[0].state_dict()
+    # One Adam step moves each weight by about lr: with lr 1e-9 the run ends where it started.
+    second = tmp_path / "second.pt"
+    training.dcign_face_64(second, **{**tiny, "seed": 2}, init=first, images="image", lr=1e-9)
+    for name, value in load_checkpoint(second)[0].state_dict().items():
+        torch.testing.assert_close(value, start[name], rtol=0, atol=1e-7, msg=name)
+    card = json.loads((tmp_path / "second.json").read_text())["training"]
+    assert str(first) in card["initialization"] and "images='image'" in card["data"]
+    # A fresh network is far from the first run's weights.
+    third = tmp_path / "third.pt"
+    training.dcign_face_64(third, **{**tiny, "seed": 2}, lr=1e-9)
+    moved = load_checkpoint(third)[0].state_dict()
+    assert any((moved[name] - start[name]).abs().max() > 1e-3 for name in start)
+    other = dataclasses.replace(TINY_DCIGN, code_size=9, layout=None)
+    with pytest.raises(ValueError, match="same network"):
+        training.dcign_face_64(tmp_path / "x.pt", **{**tiny, "config": other}, init=first)
+    with pytest.raises(ValueError, match="images must be"):
+        training.dcign_face_64(tmp_path / "x.pt", **tiny, images="noisy")
+
+
+def test_noisy_training_batches_are_the_renders_plus_the_programs_noise():
+    from probgraphics.data import one_factor_batches
+    from probgraphics.programs import face
+
+    program = face(resolution=16)
+    clean = one_factor_batches(program, 6, seed=3, images="render").draw("azimuth", 11)
+    noisy = one_factor_batches(program, 6, seed=3, images="image").draw("azimuth", 11)
+    torch.testing.assert_close(noisy.latents["azimuth"], clean.latents["azimuth"])
+    residual = noisy.images - clean.images
+    assert abs(float(residual.std()) - program.noise) < 0.1 * program.noise
 
 
 def train_tiny_muvae(out, **options):
@@ -574,6 +615,33 @@ def test_pearson_matches_numpy():
     y = 0.5 * x + torch.randn(50, generator=generator)
     assert pearson(x, y) == pytest.approx(np.corrcoef(x.numpy(), y.numpy())[0, 1], abs=1e-12)
     assert math.isnan(pearson(torch.ones(5), torch.arange(5.0)))
+
+
+def test_factor_correlations_show_the_encoder_renders_or_noisy_images():
+    from probgraphics.data import random_scenes
+    from probgraphics.evaluation import factor_correlations
+    from probgraphics.nets.summaries import EncoderSummary
+    from probgraphics.programs import face
+
+    torch.manual_seed(0)
+    net = DCIGN(TINY_DCIGN)  # units 0, 1, 2: azimuth, elevation, light
+    summary = EncoderSummary(net)
+    program = face(resolution=16)
+    scenes = random_scenes(program, 30, seed=5)
+    measured = {}
+    for images in ("render", "image"):
+        measured[images] = factor_correlations(
+            summary, program, n=30, seed=5, mode="random", images=images
+        )
+        features = summary(scenes[images])
+        for k, factor in enumerate(("azimuth", "elevation", "light")):
+            expected = pearson(features[:, k], scenes[factor])
+            assert measured[images][factor] == pytest.approx(expected, abs=1e-12)
+    assert measured["render"] != measured["image"]
+    one_factor = factor_correlations(summary, program, n=8, seed=5, batch_size=4, images="image")
+    assert set(one_factor) == {"azimuth", "elevation", "light"}
+    with pytest.raises(ValueError, match="images must be"):
+        factor_correlations(summary, program, n=8, mode="random", images="noisy")
 
 
 def test_azimuth_error_fits_a_global_offset_and_mirror():
