@@ -12,6 +12,31 @@ import torch
 __all__ = ["simulate"]
 
 
+def _accelerators() -> bool:
+    """Whether torch sees a device other than the CPU whose generators ``torch.manual_seed``
+    seeds (CUDA, MPS, XPU)."""
+    xpu = getattr(torch, "xpu", None)
+    return (
+        torch.cuda.is_available()
+        or torch.backends.mps.is_available()
+        or (xpu is not None and xpu.is_available())
+    )
+
+
+def _manual_seed(seed: int) -> None:
+    """``torch.manual_seed(seed)``, without its cost where torch sees no accelerator.
+
+    On a CPU-only machine ``torch.manual_seed`` still queues lazy seeding calls for CUDA, XPU
+    and MTIA, each formatting a stack trace: about 0.45 ms a call, 2% of a 64-scene
+    ``simulate`` at 64 px. There it seeds the CPU generator alone, which is all the others
+    would have seeded; with an accelerator it is ``torch.manual_seed``.
+    """
+    if _accelerators():
+        torch.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
+
+
 def simulate(
     program: Callable[[], object],
     n: int | None = None,
@@ -48,7 +73,7 @@ def simulate(
     rng = torch.random.fork_rng() if seed is not None else contextlib.nullcontext()
     with rng, torch.no_grad():
         if seed is not None:
-            torch.manual_seed(seed)
+            _manual_seed(seed)
         plate = pyro.plate("scenes", n, dim=-1) if n is not None else contextlib.nullcontext()
         with plate:
             trace = poutine.trace(model).get_trace()

@@ -115,6 +115,32 @@ def test_simulate_is_reproducible_and_leaves_global_rng_alone(program):
     assert single["image"].shape == (1, 64, 64)
 
 
+def test_simulate_draws_what_torch_manual_seed_draws(program, monkeypatch):
+    # The reference: the program traced under a plate after torch.manual_seed(seed).
+    def reference(seed):
+        with torch.random.fork_rng(), torch.no_grad():
+            torch.manual_seed(seed)
+            with pyro.plate("scenes", 4, dim=-1):
+                trace = poutine.trace(program).get_trace()
+        return {n: s["value"] for n, s in trace.nodes.items() if s["type"] == "sample"}
+
+    for seed in (0, 11):
+        fast = programs.simulate(program, n=4, seed=seed)
+        expected = reference(seed)
+        assert list(fast) == list(expected)
+        for name in expected:
+            assert torch.equal(fast[name], expected[name]), name
+    # With an accelerator in sight, every device's generator is seeded, as torch.manual_seed does.
+    import importlib
+
+    simulate_module = importlib.import_module("probgraphics.programs.simulate")
+    calls = []
+    monkeypatch.setattr(simulate_module, "_accelerators", lambda: True)
+    monkeypatch.setattr(simulate_module.torch, "manual_seed", calls.append)
+    simulate_module._manual_seed(5)
+    assert calls == [5]
+
+
 def test_simulate_conditions(program):
     scenes = programs.simulate(program, n=2, seed=0, conditions={"azimuth": torch.zeros(2)})
     assert torch.equal(scenes["azimuth"], torch.zeros(2))
