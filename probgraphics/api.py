@@ -476,6 +476,24 @@ _REJECTION_OPTIONS: dict[str, Any] = {
     "batch_size": None,
     "pilot_size": 1000,
 }
+_ABC_SMC_OPTIONS: dict[str, Any] = {
+    "simulations": 20_000,
+    "particles": 1024,
+    "alpha": 0.5,
+    "mcmc_steps": 2,
+    "abc_kernel": "indicator",
+    "epsilon": None,
+    "resampling": "systematic",
+    "precondition": True,
+    "observation_noise": "auto",
+    "summary": None,
+    "distance": "standardized_l2",
+    "seed": None,
+    "device": "cpu",
+    "progress": True,
+    "batch_size": None,
+    "pilot_size": 1000,
+}
 
 
 def _check_init(
@@ -731,6 +749,94 @@ def _run_abc_rejection(program, observation, options, explicit) -> Posterior:
         batch_size=batch_size,
         pilot_size=pilot_size,
         progress=bool(options["progress"]),
+        settings=settings,
+    )
+
+
+def _run_abc_smc(program, observation, options, explicit) -> Posterior:
+    # Imported here so this method's code stays in one place in this module.
+    from probgraphics.inference.smc import RESAMPLING_SCHEMES, run_smc
+
+    simulations = _check_int("simulations", options["simulations"], 1)
+    particles = _check_int("particles", options["particles"], 2)
+    alpha = _check_fraction("alpha", options["alpha"])
+    if alpha >= 1.0:
+        raise ValueError(
+            f"alpha must be in (0, 1): each round keeps that fraction of the particles' weight "
+            f"(e.g. 0.5), got {alpha!r}; 1 would never lower epsilon."
+        )
+    mcmc_steps = options["mcmc_steps"]
+    if mcmc_steps != "adaptive":
+        if isinstance(mcmc_steps, str):
+            raise ValueError(f"mcmc_steps must be an int >= 1 or 'adaptive', got {mcmc_steps!r}")
+        mcmc_steps = _check_int("mcmc_steps", mcmc_steps, 1)
+    abc_kernel = _check_choice("abc_kernel", options["abc_kernel"], ABC_KERNELS)
+    epsilon = _check_epsilon(options["epsilon"])
+    resampling = _check_choice("resampling", options["resampling"], RESAMPLING_SCHEMES)
+    precondition = _check_bool("precondition", options["precondition"])
+    noise_mode = _check_choice(
+        "observation_noise", options["observation_noise"], ("auto", "whitened", "fresh")
+    )
+    seed = _check_seed(options["seed"])
+    device = resolve_device(options["device"])
+    progress = _check_bool("progress", options["progress"])
+    check_distance_spec(options["distance"])
+    pilot_minimum = 2 if distance_name(options["distance"]) == "standardized_l2" else 0
+    pilot_size = _check_int("pilot_size", options["pilot_size"], pilot_minimum)
+    batch_size = options["batch_size"]
+    batch_size = 1024 if batch_size is None else _check_int("batch_size", batch_size, 1)
+    needed = pilot_size + 2 * particles
+    if simulations < needed:
+        raise ValueError(
+            f"simulations={simulations} cannot pay for the pilot ({pilot_size}), the starting "
+            f"population ({particles} particles) and one move of every particle ({particles}): "
+            f"it must be >= pilot_size + 2 * particles = {needed}. Raise simulations, or lower "
+            "particles or pilot_size."
+        )
+    summary_spec = options["summary"]
+    if not (summary_spec is None or isinstance(summary_spec, str) or callable(summary_spec)):
+        raise TypeError(f"summary must be None, a summary name or a callable, got {summary_spec!r}")
+    program = _move_program(program, device)
+    info, trace = inspect_program(program)
+    _check_observed_sites(info.sample_sites, info.deterministic_sites, observation)
+    layout, resolved_mode = _build_layout(trace, observation, noise_mode)
+    summary = resolve_summary(summary_spec, list(observation))
+    settings = {
+        "simulations": simulations,
+        "particles": particles,
+        "alpha": alpha,
+        "mcmc_steps": mcmc_steps,
+        "abc_kernel": abc_kernel,
+        "epsilon": epsilon,
+        "resampling": resampling,
+        "precondition": precondition,
+        "observation_noise": resolved_mode,
+        "summary": summary_name(summary_spec),
+        "distance": distance_name(options["distance"]),
+        "seed": seed,
+        "device": str(device),
+        "batch_size": batch_size,
+        "pilot_size": pilot_size,
+    }
+    return run_smc(
+        program,
+        layout,
+        {name: value.to(device) for name, value in observation.items()},
+        simulations=simulations,
+        particles=particles,
+        alpha=alpha,
+        mcmc_steps=mcmc_steps,
+        abc_kernel=abc_kernel,
+        epsilon=epsilon,
+        resampling=resampling,
+        precondition=precondition,
+        summary=summary,
+        distance=options["distance"],
+        seed=seed,
+        device=str(device),
+        batch_size=batch_size,
+        pilot_size=pilot_size,
+        progress=progress,
         settings=settings,
     )
 
@@ -1150,6 +1256,12 @@ register_method(
     _run_abc_rejection,
     options=_REJECTION_OPTIONS,
     description="ABC rejection: keep the closest fraction of prior simulations",
+)
+register_method(
+    "abc_smc",
+    _run_abc_smc,
+    options=_ABC_SMC_OPTIONS,
+    description="ABC-SMC: a particle population moved by the elliptical kernel as epsilon shrinks",
 )
 register_method(
     "guide",
