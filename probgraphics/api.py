@@ -37,8 +37,10 @@ from probgraphics.inference.runner import (
     KERNEL_METHODS,
     AbcRun,
     RunConfig,
+    block_masks,
     checkpoint_settings,
     complete,
+    fit_gaussian_proposal,
     load_run,
     prepare,
 )
@@ -51,6 +53,7 @@ from probgraphics.inference.whitening import (
     describe_distribution,
     sample_sites,
     trace_program,
+    whiten_values,
 )
 
 __all__ = [
@@ -417,14 +420,22 @@ def _whitenable_observed(trace, observation: dict[str, torch.Tensor]) -> bool:
     return True
 
 
-def _build_layout(trace, observation: dict[str, torch.Tensor], mode: str) -> tuple:
-    """The layout for ``mode`` (auto/whitened/fresh); returns ``(layout, resolved_mode)``."""
+def _build_layout(
+    trace, observation: dict[str, torch.Tensor], mode: str, *, blocked: bool = False
+) -> tuple:
+    """The layout for ``mode`` (auto/whitened/fresh); returns ``(layout, resolved_mode)``.
+
+    ``auto`` whitens small observations' noise, and any size when the moves are ``blocked``:
+    the noise is then one more block, moved on its own, so a scene move compares images under
+    the same noise instead of paying fresh noise in every distance (correlated pseudo-marginal).
+    """
     latent_layout = build_layout(trace, observation, whiten_observed=False)
     if mode == "fresh":
         return latent_layout, "fresh"
     size = sum(value.numel() for value in observation.values())
     if mode == "auto":
-        if size > AUTO_WHITEN_MAX_SIZE or not _whitenable_observed(trace, observation):
+        too_large = size > AUTO_WHITEN_MAX_SIZE and not blocked
+        if too_large or not _whitenable_observed(trace, observation):
             return latent_layout, "fresh"
     return build_layout(trace, observation, whiten_observed=True), "whitened"
 
@@ -462,8 +473,14 @@ _ABC_COMMON_OPTIONS: dict[str, Any] = {
     "anneal_fraction": 0.5,
     "precondition": True,
     "guide": None,
+    "simulations": None,
 }
-_ABC_MCMC_OPTIONS = {**_ABC_COMMON_OPTIONS, "target_acceptance": 0.25}
+_ABC_MCMC_OPTIONS = {
+    **_ABC_COMMON_OPTIONS,
+    "target_acceptance": 0.25,
+    "blocks": "sites",
+    "guide_proposals": None,
+}
 _ABC_SLICE_OPTIONS = {**_ABC_COMMON_OPTIONS, "max_shrinks": DEFAULT_MAX_SHRINKS}
 _REJECTION_OPTIONS: dict[str, Any] = {
     "simulations": 10_000,
@@ -546,6 +563,16 @@ def _abc_config(
         extra["target_acceptance"] = _check_fraction(
             "target_acceptance", options["target_acceptance"]
         )
+        extra["blocks"] = _check_blocks(options["blocks"])
+        proposals = options["guide_proposals"]
+        if proposals is None:
+            proposals = options["guide"] is not None
+        extra["guide_proposals"] = _check_bool("guide_proposals", proposals)
+        if extra["guide_proposals"] and options["guide"] is None:
+            raise ValueError(
+                "guide_proposals=True proposes from a trained guide, but no guide was given; "
+                "pass guide=load_guide(...), or leave guide_proposals out."
+            )
         if extra["target_acceptance"] >= 1.0:
             raise ValueError("target_acceptance must be < 1 (e.g. 0.25)")
     else:
@@ -583,8 +610,89 @@ def _abc_config(
         checkpoint=_check_path("checkpoint", options["checkpoint"]),
         checkpoint_every=_check_int("checkpoint_every", options["checkpoint_every"], 1),
         precondition=_check_bool("precondition", options["precondition"]),
+        simulations=options["simulations"],
         **extra,
     )
+
+
+def _check_blocks(blocks: Any) -> tuple[tuple[str, ...], ...] | None:
+    """``"sites"`` -> ``()`` (one block per latent site), ``"joint"`` -> None (one move of all
+    coordinates: the paper's), a list of lists of site names -> those blocks (sites left out get
+    a block each). Unknown names are reported once the program's sites are known."""
+    if blocks is None:  # a checkpoint's record of 'joint'
+        return None
+    if isinstance(blocks, (list, tuple)) and len(blocks) == 0:  # a checkpoint's 'sites'
+        return ()
+    if isinstance(blocks, str):
+        choice = _check_choice("blocks", blocks, ("sites", "joint"))
+        return () if choice == "sites" else None
+    message = (
+        "blocks must be 'sites' (one block per latent site), 'joint' (one move of every "
+        "latent) or a list of lists of latent site names, e.g. [['azimuth', 'elevation'], "
+        f"['shape']], got {blocks!r}"
+    )
+    if not isinstance(blocks, (list, tuple)) or not blocks:
+        raise TypeError(message)
+    checked = []
+    for block in blocks:
+        if isinstance(block, str) or not isinstance(block, (list, tuple)) or not block:
+            raise TypeError(message)
+        if not all(isinstance(name, str) for name in block):
+            raise TypeError(message)
+        checked.append(tuple(block))
+    return tuple(checked)
+
+
+#: With ``simulations=N`` and no ``chains``: ``N // SIMULATIONS_PER_CHAIN`` chains, clipped ...
+SIMULATIONS_PER_CHAIN = 400
+#: ... to this range.
+BUDGET_CHAINS = (8, 64)
+
+
+def _apply_budget(method: str, options: dict[str, Any], explicit: frozenset[str]) -> None:
+    """``simulations=N``: derive chains, pilot, warm-up and draws (those not given) so the run
+    spends at most ``N`` simulations, pilot and start included; reject a budget that cannot."""
+    budget = options["simulations"]
+    if budget is None:
+        return
+    budget = _check_int("simulations", budget, 1)
+    options["simulations"] = budget
+    if method != "abc_mcmc":
+        raise ValueError(
+            f"simulations= caps {method} only once its shrinking loop can stop mid-step; use "
+            "method='abc_mcmc', 'abc_smc' or 'abc_rejection' for a hard budget, or give "
+            "chains, warmup and draws."
+        )
+    if "chains" not in explicit:
+        low, high = BUDGET_CHAINS
+        options["chains"] = min(high, max(low, budget // SIMULATIONS_PER_CHAIN))
+    chains = _check_int("chains", options["chains"], 1)
+    pilot = options["pilot_size"]
+    if pilot is None:
+        pilot = min(max(1000, 4 * chains), budget // 10)
+        options["pilot_size"] = pilot
+    pilot = _check_int("pilot_size", pilot, 0)
+    init = options["init"]
+    starting = 0 if isinstance(init, str) and init == "pilot" else chains
+    thin = _check_int("thin", options["thin"], 1)
+    steps = (budget - pilot - starting) // chains
+    if pilot > budget or steps < 2:
+        raise ValueError(
+            f"simulations={budget} cannot pay for the pilot ({pilot}), the {chains} chains' "
+            f"start ({starting}) and at least two steps of {chains} chains; raise simulations "
+            "(e.g. to 20_000) or lower chains and pilot_size."
+        )
+    given = {name: options[name] for name in ("warmup", "draws") if name in explicit}
+    warmup = given.get("warmup", steps // 2)
+    draws = given.get("draws", max(1, (steps - warmup) // thin))
+    needed = pilot + starting + chains * (warmup + draws * thin)
+    if needed > budget:
+        raise ValueError(
+            f"warmup={warmup} and draws={draws} with {chains} chains need {needed} simulations "
+            f"(pilot and start included), more than simulations={budget}; leave warmup and "
+            "draws out to have them derived from the budget."
+        )
+    options["warmup"], options["draws"] = warmup, draws
 
 
 def _prepare_abc_method(
@@ -606,12 +714,19 @@ def _prepare_abc_method(
         raise TypeError(f"summary must be None, a summary name or a callable, got {summary_spec!r}")
     # Every option is checked before the program runs (the noise mode and init are settled
     # once its sites are known).
+    if method == "abc_mcmc" and options["guide"] is not None and "init" not in explicit:
+        options["init"] = "guide"  # the recommended call: start from the guide, propose from it
+    _apply_budget(method, options, explicit)
     config = _abc_config(method, options, noise_mode, summary_spec)
     device = torch.device(config.device)
     program = _move_program(program, device)
     info, trace = inspect_program(program)
     _check_observed_sites(info.sample_sites, info.deterministic_sites, observation)
-    layout, resolved_mode = _build_layout(trace, observation, noise_mode)
+    if config.blocks == () and len(_latent_sites(info.sample_sites, observation)) == 1:
+        config = replace(config, blocks=None)  # one latent site: its block is the joint move
+    layout, resolved_mode = _build_layout(trace, observation, noise_mode, blocked=config.multi_move)
+    if config.multi_move:
+        block_masks(layout, config.blocks or ())  # unknown or repeated sites fail before the pilot
     init = _resolve_guide_init(options, info, observation, config, resumed=resume is not None)
     init_mode, init_values = _check_init(init, layout, config.chains)
     config = replace(config, init=init_mode, observation_noise=resolved_mode)
@@ -645,6 +760,11 @@ def _prepare_abc_method(
             summary=summary,
             distance=options["distance"],
         )
+    guide_proposal = None
+    if config.guide_proposals:
+        guide_proposal = _guide_proposal(
+            options["guide"], program, layout, info, observation, config.seed
+        )
     return prepare(
         program,
         layout,
@@ -653,7 +773,35 @@ def _prepare_abc_method(
         summary=summary,
         distance=options["distance"],
         init_values=init_values,
+        guide_proposal=guide_proposal,
     )
+
+
+#: Guide draws the independence proposal's Gaussian is fitted to (no simulations: the draws are
+#: mapped to the whitened space without rendering).
+GUIDE_PROPOSAL_DRAWS = 4096
+
+
+def _guide_proposal(
+    guide: Any,
+    program: Callable[[], Any],
+    layout: WhiteningLayout,
+    info: Any,
+    observation: Mapping[str, torch.Tensor],
+    seed: int,
+):
+    """The guide's q(z | observation) as a Gaussian in the whitened space (see
+    ``runner.fit_gaussian_proposal``); its draws are a stream of their own."""
+    _check_guide(guide, "guide_proposals")
+    latents = _latent_sites(info.sample_sites, observation)
+    draws = _guide_draws(guide, observation, latents, GUIDE_PROPOSAL_DRAWS, _guide_seed(seed) + 1)
+    device = next(iter(observation.values())).device
+    u = whiten_values(program, layout, {name: value.to(device) for name, value in draws.items()})
+    mask = torch.zeros(layout.dim, dtype=torch.bool, device=u.device)
+    for site in layout.latent_sites:
+        if site.name in draws:
+            mask[site.offset : site.offset + site.size] = True
+    return fit_gaussian_proposal(u, mask)
 
 
 def _take_checkpoint_settings(path: str, options: dict[str, Any], explicit: frozenset[str]) -> None:
@@ -1020,7 +1168,7 @@ def _resolve_guide_init(
     dict-init path (sites the guide leaves out start from the prior); other inits pass through."""
     init, guide = options["init"], options["guide"]
     if not (isinstance(init, str) and init == "guide"):
-        if guide is not None:
+        if guide is not None and not config.guide_proposals:
             raise ValueError(
                 f"guide=... is used only with init='guide' (start the chains from the guide's "
                 f"posterior), but init={init!r}; pass init='guide', or leave guide out."

@@ -26,6 +26,17 @@ because every random number comes from the run's generators in a fixed order.
   Robbins-Monro update on ``log beta`` (constant gain while epsilon moves under a given schedule,
   then a gain decaying from each change of the reference), clipped to ``[1e-4, 1]``. Everything
   adapted is frozen after warm-up, so the sampling phase is a fixed, exact MCMC kernel.
+* **Blocks and data-driven proposals** (``abc_mcmc``). With ``blocks`` the move cycles over
+  blocks of coordinates (by default one block per latent site, and one for the observation's
+  whitened noise), each with its own per-chain ``beta``; with a ``guide_proposal`` (a Gaussian in
+  the whitened space, e.g. a trained guide's q(z | x_obs)) the cycle ends with an independence
+  Metropolis-Hastings move drawing from it. Each move leaves the ABC target invariant, so the
+  cycle does. With several moves and adaptive epsilon, epsilon is annealed once per cycle by the
+  adaptive-tempering rule of ABC-SMC: the next epsilon is the one at which the chains'
+  incremental weights ``K_eps'(rho) / K_eps(rho)`` keep an effective sample size of
+  :data:`TEMPERING_ESS_FRACTION` of the chains (never below :data:`TEMPERING_MIN_RATIO` times the
+  last), and the chains are resampled by those weights, so chains stuck far away take the
+  place-holders of good ones (warm-up only: the sampling phase is plain MCMC).
 * **Sampling.** ``draws * thin`` steps at the target epsilon; every ``thin``-th state is kept with
   its distance, accepted flag, epsilon, beta, and simulations used.
 * **Checkpoints.** Every ``checkpoint_every`` steps (and at the end) the whole run state goes to
@@ -112,6 +123,13 @@ EPSILON_TARGET_ACCEPTANCE = 0.2
 #: ... with this constant gain.
 EPSILON_GAIN = 0.05
 
+#: Adaptive tempering (several moves): the next epsilon keeps this fraction of the chains as the
+#: effective sample size of the incremental weights ...
+TEMPERING_ESS_FRACTION = 0.5
+#: ... and shrinks by at most this factor a cycle (resampled copies all share one distance, which
+#: would otherwise let epsilon fall to zero in one step).
+TEMPERING_MIN_RATIO = 0.7
+
 # Options a resumed run may change: they do not change the rest of the run's result.
 # ``init`` only shapes the state before the first checkpoint, which the checkpoint holds.
 _PRESENTATION_OPTIONS = ("progress", "checkpoint", "checkpoint_every", "init")
@@ -148,6 +166,15 @@ class RunConfig:
     checkpoint: str | None = None
     checkpoint_every: int = 100
     precondition: bool = True
+    blocks: tuple[tuple[str, ...], ...] | None = None
+    guide_proposals: bool = False
+    simulations: int | None = None
+
+    @property
+    def multi_move(self) -> bool:
+        """The step cycles over blocks and/or guide proposals (abc_mcmc only); ``blocks=None``
+        with no guide is the single joint move with its reference Gaussian."""
+        return self.method == "abc_mcmc" and (self.blocks is not None or self.guide_proposals)
 
     @property
     def adaptive_epsilon(self) -> bool:
@@ -219,6 +246,15 @@ class AbcRun:
     moments: dict[str, torch.Tensor] | None = None
     steps_since_change: int = 0
     progress_bar: Any = None
+    masks: torch.Tensor | None = None
+    latent_mask: torch.Tensor | None = None
+    guide_proposal: GaussianReference | None = None
+
+    @property
+    def n_moves(self) -> int:
+        """Moves in one cycle: the blocks, plus the guide's independence move when on."""
+        blocks = 1 if self.masks is None else self.masks.shape[0]
+        return blocks + int(self.guide_proposal is not None)
 
     @property
     def kernel(self):
@@ -293,6 +329,117 @@ def fit_reference(
         basis[:, keep].to(device=mean.device, dtype=dtype),
         eigenvalues[keep].sqrt().to(device=mean.device, dtype=dtype),
     )
+
+
+def block_masks(layout: WhiteningLayout, blocks: tuple[tuple[str, ...], ...]) -> torch.Tensor:
+    """``(n_blocks, D)`` bool masks of the whitened coordinates each block moves.
+
+    ``blocks`` name latent sites; latent sites no block names get a block each, and the whitened
+    noise of observed sites (when the layout has it) one more, so every coordinate moves.
+    """
+    sites = {site.name: site for site in layout.sites}
+    named = [name for block in blocks for name in block]
+    unknown = sorted(set(named) - {site.name for site in layout.latent_sites})
+    if unknown:
+        raise ValueError(
+            f"blocks name {unknown}, which are not latent sites of this program; its latent "
+            f"sites are {[site.name for site in layout.latent_sites]}."
+        )
+    repeated = sorted({name for name in named if named.count(name) > 1})
+    if repeated:
+        raise ValueError(f"blocks name {repeated} more than once; give each site one block.")
+    groups = [list(block) for block in blocks if block]
+    groups += [[site.name] for site in layout.latent_sites if site.name not in named]
+    noise = [site.name for site in layout.sites if not site.latent]
+    if noise:
+        groups.append(noise)
+    masks = torch.zeros(len(groups), layout.dim, dtype=torch.bool)
+    for row, group in enumerate(groups):
+        for name in group:
+            site = sites[name]
+            masks[row, site.offset : site.offset + site.size] = True
+    return masks
+
+
+def fit_gaussian_proposal(u: torch.Tensor, mask: torch.Tensor) -> GaussianReference:
+    """A Gaussian ``N(m, S)`` fitted to draws ``u`` ``(M, D)`` on the ``mask`` coordinates
+    (``(D,)`` bool), ``N(0, I)`` elsewhere: the independence proposal of a guide's draws mapped
+    into the whitened space. Full rank on the mask (its ``D_mask`` eigen-directions)."""
+    if u.dim() != 2 or u.shape[0] < 2:
+        raise ValueError(f"need draws shaped (M >= 2, D), got {tuple(u.shape)}.")
+    inside = u[:, mask].double()
+    mean = inside.mean(0)
+    covariance = torch.cov(inside.T).reshape(mean.numel(), mean.numel())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see fit_reference
+    try:
+        eigenvalues, basis = torch.linalg.eigh(0.5 * (covariance + covariance.T))
+    finally:
+        torch.set_num_threads(threads)
+    full_mean = u.new_zeros(u.shape[1], dtype=torch.float64)
+    full_mean[mask] = mean
+    full_basis = u.new_zeros(u.shape[1], basis.shape[1], dtype=torch.float64)
+    full_basis[mask] = basis
+    return GaussianReference(
+        full_mean.to(u.dtype),
+        full_basis.to(u.dtype),
+        eigenvalues.clamp(min=1e-12).sqrt().to(u.dtype),
+    )
+
+
+def tempered_epsilon(
+    distance: torch.Tensor, epsilon: float, abc_kernel: str, fraction: float
+) -> tuple[float, torch.Tensor]:
+    """The next epsilon of adaptive tempering and the chains' incremental log-weights.
+
+    ``distance`` ``(C,)``: the chains' distances at ``epsilon``. Gaussian kernel: the smallest
+    ``eps' <= epsilon`` whose incremental weights ``exp(-rho^2 (1/eps'^2 - 1/eps^2) / 2)`` keep
+    an effective sample size of ``fraction * C`` (bisection on ``1/eps'^2``); indicator kernel:
+    the ``fraction`` quantile of the distances. Either is at least ``TEMPERING_MIN_RATIO *
+    epsilon``. Returns ``(eps', log_weights (C,) float64)``.
+    """
+    rho = distance.double().nan_to_num(nan=math.inf)
+    chains = rho.shape[0]
+    floor = TEMPERING_MIN_RATIO * epsilon
+
+    def log_weights(new: float) -> torch.Tensor:
+        if abc_kernel == "indicator":
+            return torch.where(rho <= new, 0.0, -math.inf).double()
+        change = 1.0 / new**2 - (0.0 if math.isinf(epsilon) else 1.0 / epsilon**2)
+        return torch.where(torch.isfinite(rho), -0.5 * change * rho.square(), -math.inf)
+
+    def kept(new: float) -> float:
+        weights = torch.softmax(log_weights(new), 0)
+        return float(1.0 / weights.square().sum()) / chains
+
+    if abc_kernel == "indicator":
+        finite = rho[torch.isfinite(rho)]
+        new = float(torch.quantile(finite, fraction)) if finite.numel() else epsilon
+        new = min(epsilon, max(new, floor))
+    elif kept(floor) >= fraction:
+        new = floor
+    else:
+        high = epsilon if math.isfinite(epsilon) else float(rho[torch.isfinite(rho)].max()) * 10
+        low = floor if math.isfinite(floor) else 1e-12
+        if kept(high) < fraction:
+            return high, log_weights(high)
+        for _ in range(50):  # kept() rises with eps': keep high where it holds
+            middle = math.sqrt(low * high)
+            if kept(middle) >= fraction:
+                high = middle
+            else:
+                low = middle
+        new = high
+    return new, log_weights(new)
+
+
+def systematic_resample(log_weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Indices ``(C,)`` of systematic resampling by ``log_weights`` ``(C,)`` (one uniform)."""
+    chains = log_weights.shape[0]
+    weights = torch.softmax(log_weights.double(), 0).cpu()
+    offset = torch.rand((), generator=generator, device=generator.device).double().cpu()
+    positions = (offset + torch.arange(chains, dtype=torch.float64)) / chains
+    return torch.searchsorted(torch.cumsum(weights, 0), positions).clamp(max=chains - 1)
 
 
 def _reset_moments(run: AbcRun) -> None:
@@ -455,6 +602,7 @@ def prepare(
     distance: str | Callable | None,
     init_values: Mapping[str, torch.Tensor] | None = None,
     synchronize_timing: bool = False,
+    guide_proposal: GaussianReference | None = None,
 ) -> AbcRun:
     """Build a run: simulator, pilot, distance, epsilon target, starting chains.
 
@@ -467,6 +615,8 @@ def prepare(
         distance: a distance name or callable (resolved with the pilot's summaries).
         init_values: for ``config.init == "given"``: latent site -> ``(chains, *event)`` values.
         synchronize_timing: synchronize CUDA around simulate timings (benchmarks).
+        guide_proposal: with ``config.guide_proposals``, the independence proposal ``N(m, S)`` in
+            the whitened space (:func:`fit_gaussian_proposal`; ``N(0, I)`` outside the latents).
 
     Returns:
         An :class:`AbcRun` ready for :func:`warmup`.
@@ -484,6 +634,7 @@ def prepare(
         simulator=simulator,
         generator=generator,
     )
+    _set_moves(run, guide_proposal)
     pilot = _pilot(run, distance)
     run.pilot_distance = pilot[2].cpu()
     run.epsilon_target = _choose_epsilon_target(config, pilot[2])
@@ -504,21 +655,69 @@ def prepare(
     else:
         run.epsilon_start = float(finite.max()) if finite.numel() else run.epsilon_target
     if config.adapts_beta:
-        run.log_beta = torch.zeros(config.chains, dtype=layout.dtype, device=device)
+        shape = (config.chains, run.masks.shape[0]) if config.multi_move else (config.chains,)
+        run.log_beta = torch.zeros(shape, dtype=layout.dtype, device=device)
     if _preconditions(run):
         _reset_moments(run)
     _allocate_records(run)
     return run
 
 
+def _set_moves(run: AbcRun, guide_proposal: GaussianReference | None) -> None:
+    """The multi-move cycle's block masks, latent mask and guide proposal (on the device)."""
+    config = run.config
+    if config.guide_proposals and guide_proposal is None:
+        raise ValueError("guide_proposals=True needs the guide's proposal (guide_proposal=...).")
+    if not config.multi_move:
+        return
+    device = torch.device(config.device)
+    run.masks = block_masks(run.layout, config.blocks or ()).to(device)
+    latent = torch.zeros(run.layout.dim, dtype=torch.bool)
+    for site in run.layout.latent_sites:
+        latent[site.offset : site.offset + site.size] = True
+    run.latent_mask = latent.to(device)
+    if config.guide_proposals:
+        run.guide_proposal = GaussianReference(
+            *(tensor.to(device=device, dtype=run.layout.dtype) for tensor in guide_proposal)
+        )
+
+
 def _preconditions(run: AbcRun) -> bool:
-    return run.config.precondition and run.layout.dim <= MAX_REFERENCE_DIM
+    # Block moves cannot use a reference over every coordinate; the guide's proposal takes its
+    # place in the multi-move cycle.
+    config = run.config
+    return config.precondition and run.layout.dim <= MAX_REFERENCE_DIM and not config.multi_move
 
 
 def _kernel_step(run: AbcRun, epsilon: float):
     """One kernel step; returns ``(accepted, acceptance_probability, n_simulations, cap_hits)``."""
     config = run.config
     simulate = run.simulator
+    if config.multi_move:
+        move = run.steps_done % run.n_moves
+        if move == run.masks.shape[0]:
+            run.state, info = elliptical.independence_step(
+                run.generator,
+                run.state,
+                simulate,
+                epsilon,
+                run.guide_proposal,
+                config.abc_kernel,
+                run.latent_mask,
+            )
+        else:
+            run.state, info = elliptical.step(
+                run.generator,
+                run.state,
+                simulate,
+                epsilon,
+                run.log_beta[:, move].exp(),
+                config.abc_kernel,
+                None,
+                run.masks[move],
+            )
+        ones = torch.ones_like(info.accepted, dtype=torch.int64)
+        return info.accepted, info.acceptance_probability, ones, None
     if config.method == "abc_mcmc":
         run.state, info = elliptical.step(
             run.generator,
@@ -551,9 +750,31 @@ def _adapt_beta(run: AbcRun, acceptance_probability: torch.Tensor, epsilon_movin
     if epsilon_moving:
         gain = ANNEALING_GAIN
     else:
-        gain = ANNEALING_GAIN / (1.0 + run.steps_since_change) ** ADAPTATION_DECAY
+        # Each block's beta is updated once a cycle: its gain decays with its own updates.
+        updates = run.steps_since_change // (run.n_moves if config.multi_move else 1)
+        gain = ANNEALING_GAIN / (1.0 + updates) ** ADAPTATION_DECAY
     update = gain * (acceptance_probability - config.target_acceptance)
-    run.log_beta = (run.log_beta + update).clamp(math.log(MIN_BETA), 0.0)
+    if not config.multi_move:
+        run.log_beta = (run.log_beta + update).clamp(math.log(MIN_BETA), 0.0)
+        return
+    move = run.steps_done % run.n_moves  # the move just taken (steps_done not yet counted)
+    if move < run.masks.shape[0]:  # the guide's independence move has no beta
+        column = (run.log_beta[:, move] + update).clamp(math.log(MIN_BETA), 0.0)
+        run.log_beta = run.log_beta.index_copy(
+            1, torch.tensor([move], device=column.device), column.unsqueeze(1)
+        )
+
+
+def _temper(run: AbcRun) -> None:
+    """One adaptive-tempering update (see the module docstring): lower epsilon, resample."""
+    epsilon, log_weights = tempered_epsilon(
+        run.state.distance, run.epsilon_current, run.config.abc_kernel, TEMPERING_ESS_FRACTION
+    )
+    run.epsilon_current = epsilon
+    if not bool(torch.isfinite(log_weights).any()):
+        return  # no chain has a finite distance: nothing to weigh them by
+    index = systematic_resample(log_weights, run.generator).to(run.state.u.device)
+    run.state = type(run.state)(*(tensor[index] for tensor in run.state))
 
 
 def _engine_threads(run: AbcRun):
@@ -623,7 +844,10 @@ def warmup(run: AbcRun, n_steps: int | None = None) -> AbcRun:
                 )
                 moving = run.warmup_done < anneal_steps and run.epsilon_start > run.epsilon_target
             accepted, acceptance_probability, _, _ = _kernel_step(run, epsilon)
-            if config.adaptive_epsilon and moving:
+            tempering = config.adaptive_epsilon and config.multi_move
+            if tempering:
+                _adapt_beta(run, acceptance_probability, moving)
+            elif config.adaptive_epsilon and moving:
                 # Beta stays at 1 meanwhile, so the acceptance measures how well the chains move
                 # at this epsilon (one host read per annealing step).
                 rate = float(acceptance_probability.float().mean())
@@ -635,6 +859,12 @@ def warmup(run: AbcRun, n_steps: int | None = None) -> AbcRun:
                 _adapt_beta(run, acceptance_probability, moving)
             run.warmup_done += 1
             run.steps_since_change += 1
+            if tempering and moving:
+                cycle_done = run.warmup_done % run.n_moves == 0
+                if cycle_done or run.warmup_done == anneal_steps:
+                    _temper(run)
+                if run.warmup_done == anneal_steps:
+                    run.epsilon_target = run.epsilon_current
             if run.warmup_done == anneal_steps:
                 run.steps_since_change = 0
             if precondition:
@@ -677,7 +907,10 @@ def sample(run: AbcRun, n_draws: int | None = None) -> AbcRun:
             f"sample: asked for {n_draws} draws, but {remaining // config.thin} remain"
         )
     epsilon = run.epsilon_target
-    beta = run.log_beta.exp() if run.log_beta is not None else None
+    beta = None
+    if run.log_beta is not None:
+        # Several blocks: the geometric mean of the chain's block betas.
+        beta = run.log_beta.exp() if run.log_beta.dim() == 1 else run.log_beta.mean(1).exp()
     records = run.records
     start = time.perf_counter()
     simulate_before = run.simulator.seconds
@@ -854,6 +1087,9 @@ def save_run(run: AbcRun, path: str) -> None:
         if run.moments is None
         else {name: tensor.cpu() for name, tensor in run.moments.items()},
         "steps_since_change": run.steps_since_change,
+        "guide_proposal": None
+        if run.guide_proposal is None
+        else {name: tensor.cpu() for name, tensor in run.guide_proposal._asdict().items()},
     }
     checkpoint_io.save_checkpoint(path, payload)
 
@@ -950,6 +1186,8 @@ def load_run(
         simulator=simulator,
         generator=generator,
     )
+    saved_proposal = payload.get("guide_proposal")
+    _set_moves(run, None if saved_proposal is None else GaussianReference(**saved_proposal))
     state_cls = run.kernel.init
     state = payload["state"]
     run.state = state_cls(

@@ -55,6 +55,7 @@ __all__ = [
     "unwhiten",
     "describe_distribution",
     "run_whitened",
+    "whiten_values",
 ]
 
 
@@ -444,3 +445,58 @@ def run_whitened(
         stack.enter_context(pyro.plate(plate_name, u.shape[0], dim=-1))
         program()
     return whitening
+
+
+class _LatentsDone(Exception):
+    """Raised once every latent site has its value: what follows (the render) is not needed."""
+
+
+class _LatentsOnlyMessenger(WhiteningMessenger):
+    def _pyro_post_sample(self, msg: dict[str, Any]) -> None:
+        super()._pyro_post_sample(msg)
+        if all(site.name in self.values for site in self.layout.latent_sites):
+            raise _LatentsDone
+
+
+def whiten_values(
+    program: Callable[[], Any],
+    layout: WhiteningLayout,
+    values: Mapping[str, torch.Tensor],
+    *,
+    plate_name: str = "chains",
+) -> torch.Tensor:
+    """The whitened ``u`` ``(B, D)`` of constrained latent values, without simulating.
+
+    Args:
+        program: the Pyro program ``layout`` was built from.
+        layout: its :class:`WhiteningLayout`.
+        values: latent site -> constrained values ``(B, *event)`` (all with one ``B``); sites left
+            out (and observed sites' noise) get ``u = 0``.
+
+    The program runs under the whitening messenger only until its last latent site is sampled,
+    so the (costly) render after it never runs. A site's transform may depend on earlier sites'
+    values (hierarchical priors): those come from ``values`` too.
+
+    >>> import pyro, pyro.distributions as dist
+    >>> def program():
+    ...     pyro.sample("z", dist.Normal(1.0, 2.0))
+    >>> layout = build_layout(trace_program(program), {}, whiten_observed=False)
+    >>> whiten_values(program, layout, {"z": torch.tensor([3.0])})
+    tensor([[1.]])
+    """
+    batch = {int(value.shape[0]) for value in values.values()}
+    if len(batch) != 1:
+        raise ValueError(f"values must share one leading batch size, got sizes {sorted(batch)}.")
+    (size,) = batch
+    template = next(iter(values.values()))
+    u = torch.zeros(size, layout.dim, dtype=layout.dtype, device=template.device)
+    whitening = _LatentsOnlyMessenger(layout, u, given=values)
+    with torch.no_grad():
+        try:
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(whitening)
+                stack.enter_context(pyro.plate(plate_name, size, dim=-1))
+                program()
+        except _LatentsDone:
+            pass
+    return whitening.u_out

@@ -280,7 +280,14 @@ class ToyScene:
     "options,error,match",
     [
         ({"init": "guide"}, ValueError, r"init='guide' needs a trained guide.*EncoderGuide"),
-        ({"guide": "x"}, ValueError, r"guide=\.\.\. is used only with init='guide'.*'pilot'"),
+        # A guide alone starts the chains and proposes (the recommended call), so it is checked.
+        ({"guide": "x"}, TypeError, r"\.posterior method, got str"),
+        (
+            {"guide": "x", "init": "pilot", "guide_proposals": False},
+            ValueError,
+            r"guide=\.\.\. is used only with init='guide'.*'pilot'",
+        ),
+        ({"guide_proposals": True}, ValueError, r"guide_proposals=True.*no guide was given"),
         ({"init": "guide", "guide": object()}, TypeError, r"\.posterior method, got object"),
         ({"init": "guids"}, ValueError, r"init must be one of \['pilot', 'prior', 'guide'\]"),
     ],

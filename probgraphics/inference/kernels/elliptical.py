@@ -26,6 +26,20 @@ which is reversible with respect to ``N(m, S)``; the acceptance ratio then carri
 the posterior lets the move take large steps along the directions the data barely constrain and
 small ones across the directions it pins down, which the plain move cannot.
 
+**Blocks.** With a ``mask`` ``(D,)`` bool the move changes only the masked coordinates of ``u``
+and keeps the rest: Metropolis-within-Gibbs on one block (e.g. one latent site). Since the prior
+``N(0, I)`` factorizes over coordinates, the block move is still reversible with respect to it,
+and the acceptance ratio keeps the same form. A reference used with a mask must be ``N(0, I)``
+outside the mask (zero mean and basis rows there), so its weight does not depend on the kept
+coordinates.
+
+**Independence move (data-driven proposals).** :func:`independence_step` is the move with
+``a = 1``: ``u' = m + S^(1/2) nu``, a fresh draw of the reference ``N(m, S)`` whatever ``u`` is
+(for example a trained guide's q(z | x_obs) pushed into the whitened space). Its acceptance ratio
+``K(rho') w(u') / (K(rho) w(u))`` is exactly the independence Metropolis-Hastings ratio: ABC
+kernel ratio x prior ratio ``N(u') / N(u)`` x proposal ratio ``q(u) / q(u')``. Any proposal
+gives an exact kernel; a good one only makes it faster.
+
 Blackjax style: pure functions; :class:`EllipticalState` and :class:`EllipticalInfo` are immutable
 NamedTuples whose tensors all lead with the chain dimension ``C``; per-chain decisions are masks;
 randomness comes from the ``torch.Generator`` passed in; nothing reads a tensor on the host.
@@ -53,6 +67,7 @@ __all__ = [
     "draw_noise",
     "step_with_noise",
     "step",
+    "independence_step",
 ]
 
 ABC_KERNELS = ("indicator", "gaussian")
@@ -239,6 +254,7 @@ def step_with_noise(
     abc_kernel: str,
     noise: EllipticalNoise,
     reference: GaussianReference | None = None,
+    mask: torch.Tensor | None = None,
 ) -> tuple[EllipticalState, EllipticalInfo]:
     """One ABC-MCMC step for all chains with the given random numbers.
 
@@ -249,12 +265,19 @@ def step_with_noise(
         abc_kernel: ``"indicator"`` or ``"gaussian"``.
         noise: the step's random numbers (:func:`draw_noise`).
         reference: optional :class:`GaussianReference` (see the module docstring).
+        mask: optional ``(D,)`` bool, the block of coordinates the move changes (None: all).
 
     Returns:
         ``(new_state, info)``.
     """
     _check_abc_kernel(abc_kernel)
-    if reference is None:
+    if mask is not None:
+        proposal = torch.where(mask, propose(state.u, noise.nu, noise.a, reference), state.u)
+        log_weight_change = None
+        if reference is not None:
+            # The reference is N(0, I) outside the mask, so the kept coordinates cancel here.
+            log_weight_change = reference.log_weight(proposal) - reference.log_weight(state.u)
+    elif reference is None:
         proposal = propose(state.u, noise.nu, noise.a)
         log_weight_change = None
     else:
@@ -301,6 +324,7 @@ def step(
     beta: torch.Tensor,
     abc_kernel: str = "indicator",
     reference: GaussianReference | None = None,
+    mask: torch.Tensor | None = None,
 ) -> tuple[EllipticalState, EllipticalInfo]:
     """One ABC-MCMC step with elliptical proposals for all chains.
 
@@ -313,9 +337,30 @@ def step(
         abc_kernel: ``"indicator"`` or ``"gaussian"``.
         reference: optional :class:`GaussianReference` the move is centred on (None: ``N(0, I)``,
             the paper's move).
+        mask: optional ``(D,)`` bool block of coordinates to move (None: all of them).
 
     Returns:
         ``(new_state, info)``.
     """
     noise = draw_noise(generator, state, beta)
-    return step_with_noise(state, simulate, epsilon, abc_kernel, noise, reference)
+    return step_with_noise(state, simulate, epsilon, abc_kernel, noise, reference, mask)
+
+
+def independence_step(
+    generator: torch.Generator,
+    state: EllipticalState,
+    simulate: Callable[[torch.Tensor], Simulation],
+    epsilon: torch.Tensor | float,
+    proposal: GaussianReference,
+    abc_kernel: str = "indicator",
+    mask: torch.Tensor | None = None,
+) -> tuple[EllipticalState, EllipticalInfo]:
+    """One independence Metropolis-Hastings step: every chain proposes a fresh draw of
+    ``proposal`` ``N(m, S)`` (on the ``mask`` block; see the module docstring).
+
+    Draws the same random numbers as :func:`step` (with ``a`` then set to 1), so a schedule that
+    mixes both consumes the generator in a fixed order.
+    """
+    ones = torch.ones(state.u.shape[0], dtype=state.u.dtype, device=state.u.device)
+    noise = draw_noise(generator, state, ones)._replace(a=ones)
+    return step_with_noise(state, simulate, epsilon, abc_kernel, noise, proposal, mask)
