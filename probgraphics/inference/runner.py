@@ -26,17 +26,20 @@ because every random number comes from the run's generators in a fixed order.
   Robbins-Monro update on ``log beta`` (constant gain while epsilon moves under a given schedule,
   then a gain decaying from each change of the reference), clipped to ``[1e-4, 1]``. Everything
   adapted is frozen after warm-up, so the sampling phase is a fixed, exact MCMC kernel.
-* **Blocks and data-driven proposals** (``abc_mcmc``). With ``blocks`` the move cycles over
-  blocks of coordinates (by default one block per latent site, and one for the observation's
-  whitened noise), each with its own per-chain ``beta``; with a ``guide_proposal`` (a Gaussian in
-  the whitened space, e.g. a trained guide's q(z | x_obs)) the cycle ends with an independence
-  Metropolis-Hastings move drawing from it. Each move leaves the ABC target invariant, so the
-  cycle does. With several moves and adaptive epsilon, epsilon is annealed once per cycle by the
-  adaptive-tempering rule of ABC-SMC: the next epsilon is the one at which the chains'
-  incremental weights ``K_eps'(rho) / K_eps(rho)`` keep an effective sample size of
-  :data:`TEMPERING_ESS_FRACTION` of the chains (never below :data:`TEMPERING_MIN_RATIO` times the
-  last), and the chains are resampled by those weights, so chains stuck far away take the
-  place-holders of good ones (warm-up only: the sampling phase is plain MCMC).
+* **Blocks and data-driven proposals** (``abc_mcmc``). With ``blocks`` the move cycles over blocks
+  of coordinates (by default one block per latent site, and one for the observation's whitened
+  noise), each with its own per-chain ``beta``; with a ``guide_proposal`` (a Gaussian in the
+  whitened space, e.g. a trained guide's q(z | x_obs)) the cycle ends with an independence
+  Metropolis-Hastings move drawing from it. With ``precondition`` the cycle also has a joint move
+  of every coordinate (of the latents, when there are more than :data:`MAX_REFERENCE_DIM`) centred
+  on the fitted reference Gaussian, which moves along the correlations between blocks. Each move
+  leaves the ABC target invariant, so the cycle does. With several moves and adaptive epsilon,
+  epsilon is annealed once per cycle by the adaptive-tempering rule of ABC-SMC: the next epsilon is
+  the one at which the chains' incremental weights ``K_eps'(rho) / K_eps(rho)`` keep an effective
+  sample size of :data:`TEMPERING_ESS_FRACTION` of the chains (never below
+  :data:`TEMPERING_MIN_RATIO` times the last), and the chains are resampled by those weights, so
+  chains stuck far away take the places of copies of good ones (warm-up only: the sampling phase is
+  plain MCMC).
 * **Sampling.** ``draws * thin`` steps at the target epsilon; every ``thin``-th state is kept with
   its distance, accepted flag, epsilon, beta, and simulations used.
 * **Checkpoints.** Every ``checkpoint_every`` steps (and at the end) the whole run state goes to
@@ -247,6 +250,7 @@ class AbcRun:
     steps_since_change: int = 0
     progress_bar: Any = None
     masks: torch.Tensor | None = None
+    joint_mask: torch.Tensor | None = None
     latent_mask: torch.Tensor | None = None
     guide_proposal: GaussianReference | None = None
 
@@ -443,7 +447,7 @@ def systematic_resample(log_weights: torch.Tensor, generator: torch.Generator) -
 
 
 def _reset_moments(run: AbcRun) -> None:
-    dim = run.layout.dim
+    dim = run.layout.dim if run.joint_mask is None else int(run.joint_mask.sum())
     device = torch.device(run.config.device)
     run.moments = {
         "count": torch.zeros((), dtype=torch.float64, device=device),
@@ -461,6 +465,8 @@ def _accumulate_moments(run: AbcRun) -> None:
         start = (run.warmup_done * MOMENT_CHAINS) % chains
         index = (torch.arange(MOMENT_CHAINS, device=u.device) + start) % chains
         u = u[index]
+    if run.joint_mask is not None:
+        u = u[:, run.joint_mask]
     u = u.to(torch.float64)
     run.moments["count"] += u.shape[0]
     run.moments["sum"] += u.sum(0)
@@ -676,6 +682,14 @@ def _set_moves(run: AbcRun, guide_proposal: GaussianReference | None) -> None:
     for site in run.layout.latent_sites:
         latent[site.offset : site.offset + site.size] = True
     run.latent_mask = latent.to(device)
+    # The cycle's preconditioned joint move: over every coordinate when a reference over all of
+    # them is affordable, else over the latents (the noise block then moves on its own only).
+    if config.precondition and run.layout.dim <= MAX_REFERENCE_DIM:
+        run.joint_mask = torch.ones(run.layout.dim, dtype=torch.bool, device=device)
+    elif config.precondition and run.layout.latent_dim <= MAX_REFERENCE_DIM:
+        run.joint_mask = run.latent_mask
+    if run.joint_mask is not None:
+        run.masks = torch.cat([run.masks, run.joint_mask.unsqueeze(0)])
     if config.guide_proposals:
         run.guide_proposal = GaussianReference(
             *(tensor.to(device=device, dtype=run.layout.dtype) for tensor in guide_proposal)
@@ -683,10 +697,21 @@ def _set_moves(run: AbcRun, guide_proposal: GaussianReference | None) -> None:
 
 
 def _preconditions(run: AbcRun) -> bool:
-    # Block moves cannot use a reference over every coordinate; the guide's proposal takes its
-    # place in the multi-move cycle.
     config = run.config
-    return config.precondition and run.layout.dim <= MAX_REFERENCE_DIM and not config.multi_move
+    if config.multi_move:
+        return run.joint_mask is not None  # the cycle's joint move
+    return config.precondition and run.layout.dim <= MAX_REFERENCE_DIM
+
+
+def _embed_reference(reference: GaussianReference, mask: torch.Tensor) -> GaussianReference:
+    """A reference fitted on the ``mask`` coordinates, as ``N(0, I)`` on the others."""
+    if bool(mask.all()):
+        return reference
+    basis = reference.basis.new_zeros(mask.shape[0], reference.basis.shape[1])
+    basis[mask] = reference.basis
+    mean = reference.mean.new_zeros(mask.shape[0])
+    mean[mask] = reference.mean
+    return GaussianReference(mean, basis, reference.scale)
 
 
 def _kernel_step(run: AbcRun, epsilon: float):
@@ -706,6 +731,8 @@ def _kernel_step(run: AbcRun, epsilon: float):
                 run.latent_mask,
             )
         else:
+            joint = run.joint_mask is not None and move == run.masks.shape[0] - 1
+            whole = joint and bool(run.joint_mask.all())
             run.state, info = elliptical.step(
                 run.generator,
                 run.state,
@@ -713,8 +740,8 @@ def _kernel_step(run: AbcRun, epsilon: float):
                 epsilon,
                 run.log_beta[:, move].exp(),
                 config.abc_kernel,
-                None,
-                run.masks[move],
+                run.reference if joint else None,
+                None if whole else run.masks[move],
             )
         ones = torch.ones_like(info.accepted, dtype=torch.int64)
         return info.accepted, info.acceptance_probability, ones, None
@@ -875,6 +902,8 @@ def warmup(run: AbcRun, n_steps: int | None = None) -> AbcRun:
                     run.reference = fit_reference(
                         moments["count"], moments["sum"], moments["outer"], run.layout.dtype
                     )
+                    if run.joint_mask is not None:
+                        run.reference = _embed_reference(run.reference, run.joint_mask)
                     run.reference_fit_seconds += time.perf_counter() - fit_start
                     run.steps_since_change = 0
                 # While epsilon moves, each fit uses the states since the previous one (the target
