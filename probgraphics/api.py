@@ -644,7 +644,9 @@ def _check_blocks(blocks: Any) -> tuple[tuple[str, ...], ...] | None:
 
 
 #: With ``simulations=N`` and no ``chains``: ``N // SIMULATIONS_PER_CHAIN`` chains, clipped ...
-SIMULATIONS_PER_CHAIN = 400
+#: (on held-out face scenes at 20,000 simulations, 25 chains gave a third lower render error
+#: than 50 at the same angle error: longer chains refine further)
+SIMULATIONS_PER_CHAIN = 800
 #: ... to this range.
 BUDGET_CHAINS = (8, 64)
 

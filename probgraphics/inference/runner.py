@@ -133,6 +133,10 @@ TEMPERING_ESS_FRACTION = 0.5
 #: would otherwise let epsilon fall to zero in one step).
 TEMPERING_MIN_RATIO = 0.7
 
+#: Blocked moves start small: chains started from a guide stay near it until the adaptation
+#: finds how far a block can move (a first move of the prior's scale loses the guide's start).
+INITIAL_BLOCK_BETA = 0.1
+
 # Options a resumed run may change: they do not change the rest of the run's result.
 # ``init`` only shapes the state before the first checkpoint, which the checkpoint holds.
 _PRESENTATION_OPTIONS = ("progress", "checkpoint", "checkpoint_every", "init")
@@ -662,7 +666,8 @@ def prepare(
         run.epsilon_start = float(finite.max()) if finite.numel() else run.epsilon_target
     if config.adapts_beta:
         shape = (config.chains, run.masks.shape[0]) if config.multi_move else (config.chains,)
-        run.log_beta = torch.zeros(shape, dtype=layout.dtype, device=device)
+        start = math.log(INITIAL_BLOCK_BETA) if config.multi_move else 0.0
+        run.log_beta = torch.full(shape, start, dtype=layout.dtype, device=device)
     if _preconditions(run):
         _reset_moments(run)
     _allocate_records(run)
