@@ -72,6 +72,10 @@ def _fill(text: str, width: int = 88) -> str:
 # ------------------------------------------------------------------------------------------ demo
 
 
+#: The demo's budget: on two cores about a minute (the guide's start and proposals, pixels).
+DEMO_SIMULATIONS = 100_000
+
+
 def _demo(args: argparse.Namespace) -> int:
     """Sample a face scene, infer it with ABC-MCMC, report and draw the posterior."""
     import torch
@@ -92,25 +96,25 @@ def _demo(args: argparse.Namespace) -> int:
     )
 
     summary, summary_text = _resolve_summary(args.summary)
+    # The recommended call: infer(program, image, guide=guide, simulations=N).
     options: dict[str, Any] = {"init": args.init}
-    if args.init == "guide":
+    if args.guide != "none":
         options["guide"] = _resolve_guide(args.guide, program, "cpu")
-        summary_text += f", chains started from guide {args.guide}"
+        summary_text += f", guide {args.guide} (start and proposals)"
+    sizes = {"chains": args.chains, "draws": args.draws, "warmup": args.warmup}
+    options.update({key: value for key, value in sizes.items() if value is not None})
+    if args.simulations is not None:
+        options["simulations"] = args.simulations
     truth = programs.simulate(program, seed=args.seed)
     if callable(summary):
         _check_summary_fits(summary, truth["image"], args.summary, "--resolution 64")
-    print(
-        f"inferring a {args.resolution}px face scene with abc_mcmc, {summary_text}, "
-        f"{args.chains} chains x {args.draws} draws ({args.warmup} warm-up steps)"
-    )
+    budget = "" if args.simulations is None else f", at most {args.simulations} simulations"
+    print(f"inferring a {args.resolution}px face scene with abc_mcmc, {summary_text}{budget}")
     posterior = infer(
         program,
         truth["image"],
         method="abc_mcmc",
         summary=summary,
-        chains=args.chains,
-        draws=args.draws,
-        warmup=args.warmup,
         seed=args.seed,
         progress=not args.quiet,
         **options,
@@ -121,8 +125,10 @@ def _demo(args: argparse.Namespace) -> int:
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     accepted = posterior.sample_stats["accepted"].float().mean()
     print(
+        f"{posterior.num_chains} chains x {posterior.num_draws} draws: "
         f"{posterior.n_simulations} simulations in {posterior.wall_time:.1f}s "
-        f"({posterior.simulations_per_second:.0f}/s), acceptance {accepted:.2f}"
+        f"({posterior.simulations_per_second:.0f}/s), acceptance {accepted:.2f}, "
+        f"largest R-hat of {', '.join(sites)} {table['r_hat'].max():.2f}"
     )
 
     save_figure(
@@ -154,6 +160,22 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------- infer
+
+
+#: ``probgraphics infer`` on the face program with abc_mcmc and no sizes: this budget.
+RECOMMENDED_SIMULATIONS = 20_000
+
+
+def _recommended_guide(args: argparse.Namespace, program: Any, device: Any) -> Any:
+    """abc_mcmc on the face program with no --init: --guide, to start the chains and propose
+    (the recommended call); None where it does not fit (e.g. another resolution than the
+    bundled guide's 64 px), so the plain call runs."""
+    if args.method != "abc_mcmc" or args.init is not None or args.program != "face":
+        return None
+    try:
+        return _resolve_guide(args.guide, program, device)
+    except (UsageError, KeyError):  # KeyError: no such bundled network where weights are looked
+        return None
 
 
 def _parse_program_options(
@@ -344,6 +366,12 @@ def _infer(args: argparse.Namespace) -> int:
     if args.method == "guide" or args.init == "guide":
         options["guide"] = _resolve_guide(args.guide, program, device)
         summary_text += f", guide {args.guide}"
+    elif (guide := _recommended_guide(args, program, device)) is not None:
+        # The face program's default: infer(program, image, guide=guide, simulations=N).
+        options["guide"] = guide
+        summary_text += f", guide {args.guide} (start and proposals)"
+        if not any(key in options for key in ("chains", "draws", "warmup", "simulations")):
+            options["simulations"] = RECOMMENDED_SIMULATIONS
     sizes = ", ".join(
         f"{key} {value}"
         for key, value in options.items()
@@ -643,23 +671,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="infer a simulated face scene with ABC-MCMC and write figures",
-        description="Sample a face scene, infer it with ABC-MCMC (by default the dcign-face-64 "
-        "encoder's azimuth, elevation and light units as the summary statistic, chains started "
-        "from the face-guide-64 guide's "
-        "q(z | image)), print the posterior against the truth, and write prior scenes, trace "
-        "plot, posterior renders and posterior.nc to --out.",
+        description="Sample a face scene, infer it with ABC-MCMC by the recommended call "
+        "infer(program, image, guide=face-guide-64, simulations=N) (pixel summary, one block "
+        "per latent site, chains started from the guide's q(z | image) and the guide proposing), "
+        "print the posterior against the truth, and write prior scenes, trace plot, posterior "
+        "renders and posterior.nc to --out.",
     )
     demo.add_argument("--out", default="demo-output", help="output folder (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     demo.add_argument("--resolution", type=int, default=64, help="pixels (default: %(default)s)")
-    demo.add_argument("--chains", type=int, default=64, help="chains (default: %(default)s)")
-    demo.add_argument("--draws", type=int, default=300, help="draws (default: %(default)s)")
-    demo.add_argument("--warmup", type=int, default=500, help="warm-up (default: %(default)s)")
-    # The pose/light units alone: at equal budgets they beat the whole 200-unit code, whose
-    # identity units make the distance depend on a face the chains cannot match (results §3).
+    demo.add_argument(
+        "--simulations",
+        type=int,
+        default=DEMO_SIMULATIONS,
+        help="hard simulation budget, pilot included (default: %(default)s)",
+    )
+    demo.add_argument("--chains", type=int, help="chains (default: from the budget)")
+    demo.add_argument("--draws", type=int, help="draws (default: from the budget)")
+    demo.add_argument("--warmup", type=int, help="warm-up (default: from the budget)")
     demo.add_argument(
         "--summary",
-        default="dcign-face-64:azimuth,elevation,light",
+        default="pixel",
         help="'pixel' or a pretrained encoder [NAME:group,...] (default: %(default)s)",
     )
     demo.add_argument(
@@ -669,7 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="chain start; guide = draws of --guide's q(z | image) (default: %(default)s)",
     )
     demo.add_argument(
-        "--guide", default="face-guide-64", help="guide for --init guide (default: %(default)s)"
+        "--guide",
+        default="face-guide-64",
+        help="guide that starts the chains and proposes, or 'none' (default: %(default)s)",
     )
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.add_argument("--threads", type=int, default=None, help="torch/numba threads")
@@ -739,7 +773,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="prior simulations of the pilot (default: max(1000, 4 x chains))",
     )
-    infer.add_argument("--simulations", type=int, help="abc_rejection's simulation budget")
+    infer.add_argument(
+        "--simulations",
+        type=int,
+        help="hard simulation budget, pilot included (abc_mcmc, abc_smc, abc_rejection; default "
+        f"for the face program with abc_mcmc: {RECOMMENDED_SIMULATIONS}, with the guide starting "
+        "the chains and proposing)",
+    )
     infer.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     infer.add_argument(
         "--out",

@@ -27,6 +27,8 @@ def test_demo_infers_a_scene_and_writes_its_figures(tmp_path, capsys):
         "pixel",
         "--init",
         "pilot",
+        "--guide",
+        "none",
         "--quiet",
     ]
     assert main(argv) == 0
@@ -41,20 +43,25 @@ def test_demo_infers_a_scene_and_writes_its_figures(tmp_path, capsys):
     assert "true" in out and "simulations in" in out
 
 
-def test_demo_defaults_use_the_bundled_encoder_and_guide(tmp_path, capsys):
-    # The bundled defaults (dcign-face-64's pose/light units, face-guide-64 start), toy sizes.
-    argv = ["demo", "--out", str(tmp_path), "--chains", "4", "--draws", "4", "--warmup", "4"]
+def test_demo_defaults_are_the_recommended_call(tmp_path, capsys):
+    # The bundled defaults (pixels, face-guide-64 starting and proposing) under a small budget.
+    argv = ["demo", "--out", str(tmp_path), "--simulations", "1500"]
     assert main([*argv, "--quiet"]) == 0
     assert (tmp_path / "posterior.nc").exists()
     out = capsys.readouterr().out
-    assert "pretrained encoder 'dcign-face-64'" in out and "guide face-guide-64" in out
-    assert "groups azimuth,elevation,light" in out
+    assert "pixel summary, guide face-guide-64 (start and proposals)" in out
+    assert "at most 1500 simulations" in out and "largest R-hat of" in out
+    simulations = int(out.split(" simulations in ")[0].split()[-1])
+    assert simulations <= 1500
 
 
 def test_demo_summary_for_another_size_exits_2(capsys):
     argv = ["demo", "--resolution", "32", "--chains", "2", "--draws", "2", "--init", "pilot"]
-    assert main([*argv, "--quiet"]) == 2
+    assert main([*argv, "--guide", "none", "--summary", "dcign-face-64", "--quiet"]) == 2
     assert "--resolution 64" in capsys.readouterr().err
+    # The bundled guide fits 64 px only, and says so.
+    assert main([*argv, "--quiet"]) == 2
+    assert "face program at resolution 64" in capsys.readouterr().err
 
 
 def test_bad_usage_exits_2(capsys):
