@@ -1,8 +1,12 @@
 """Scenes per second of the face program's whole render: basis product, shading, rasterization.
 
 numba path vs torch path at 64, 128 and 150 px on 1 and 2 threads, all 200 shape and 200
-texture components, measured side by side in one run. Prints a markdown table and writes
-benchmarks/results/render.json (render_cuda.json with ``--device cuda``).
+texture components, measured side by side in one run. A second table measures the whole
+simulate at 64 px, numba path, batches of 64 and 512: the face program run as a Pyro program
+under a plate, as ``programs.simulate(program, n=batch, seed=k)`` runs it (prior sampling, basis
+products, render, observation noise, the trace), beside ``program.render`` alone on the same
+batch. Prints markdown tables and writes benchmarks/results/render.json (render_cuda.json with
+``--device cuda``).
 
     python benchmarks/render.py                  # full
     python benchmarks/render.py --quick          # a few seconds
@@ -27,6 +31,10 @@ from _common import format_table, write_json  # noqa: E402
 
 from probgraphics import programs  # noqa: E402
 from probgraphics.config import set_num_threads  # noqa: E402
+from probgraphics.programs import simulate  # noqa: E402
+
+#: Batches of the whole-simulate table (64 px, numba path).
+SIMULATE_BATCHES = (64, 512)
 
 
 def latents(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -58,6 +66,41 @@ def scenes_per_second(program, batch: int, min_seconds: float, device: str = "cp
                 return done / elapsed
 
 
+def simulated_scenes_per_second(program, batch: int, min_seconds: float) -> float:
+    """Scenes per second of ``simulate(program, n=batch, seed=k)``, a new seed each call."""
+    simulate(program, n=batch, seed=0)  # warm-up: numba compile / cache load, basis cache
+    done, calls, start = 0, 0, time.perf_counter()
+    while True:
+        calls += 1
+        simulate(program, n=batch, seed=calls)
+        done += batch
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return done / elapsed
+
+
+def simulate_rows(threads: int, seconds: float) -> list[dict]:
+    """The whole simulate and the render alone, 64 px, numba path, at each of SIMULATE_BATCHES."""
+    program = programs.face(resolution=64, backend="numba")
+    rows = []
+    for batch in SIMULATE_BATCHES:
+        whole = simulated_scenes_per_second(program, batch, seconds)
+        render = scenes_per_second(program, batch, seconds)
+        rows.append(
+            {
+                "threads": threads,
+                "resolution": 64,
+                "backend": "numba",
+                "batch": batch,
+                "simulate_scenes_per_s": whole,
+                "simulate_scenes_per_s_per_core": whole / threads,
+                "render_scenes_per_s": render,
+                "simulate_over_render": whole / render,
+            }
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short timings, 64 px only")
@@ -70,9 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     resolutions = (64,) if args.quick else (64, 128, 150)
     batches = {"numba": 512, "torch": 64}
     model_info = programs.face().model
-    rows = []
+    rows, simulate_table = [], []
     for threads in (1, 2):
         set_num_threads(threads)
+        simulate_table += simulate_rows(threads, seconds)
         for resolution in resolutions:
             rates = {}
             for backend in ("numba", "torch"):
@@ -98,6 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{model_info.n_vertices} vertices, 200 shape + 200 texture components"
     )
     print(format_table(rows, columns))
+    simulate_columns = [
+        "threads", "resolution", "batch", "simulate_scenes_per_s",
+        "simulate_scenes_per_s_per_core", "render_scenes_per_s", "simulate_over_render",
+    ]
+    print()
+    print(
+        "face program simulate, 64 px, numba path: programs.simulate(program, n=batch, seed=k) "
+        "(prior, basis products, render, noise, trace) beside program.render alone"
+    )
+    print(format_table(simulate_table, simulate_columns))
     path = write_json(
         "render",
         {
@@ -107,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
             "batch": batches,
             "seconds_per_cell": seconds,
             "rows": rows,
+            "simulate": {
+                "what": "programs.simulate(face(resolution=64, backend='numba'), n=batch, "
+                "seed=k): prior sampling, basis products, render, observation noise, trace",
+                "batches": list(SIMULATE_BATCHES),
+                "rows": simulate_table,
+            },
         },
     )
     print(f"wrote {path}")
