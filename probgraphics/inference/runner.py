@@ -73,6 +73,7 @@ from typing import Any
 import torch
 
 from probgraphics.inference import checkpoint as checkpoint_io
+from probgraphics.inference import tempering
 from probgraphics.inference.distances import StandardizedL2, resolve_distance
 from probgraphics.inference.kernels import elliptical, elliptical_slice
 from probgraphics.inference.kernels.elliptical import GaussianReference
@@ -95,6 +96,8 @@ __all__ = [
     "save_run",
     "epsilon_schedule",
     "fit_reference",
+    "fit_gaussian_proposal",
+    "block_masks",
     "reference_fit_steps",
 ]
 
@@ -393,61 +396,6 @@ def fit_gaussian_proposal(u: torch.Tensor, mask: torch.Tensor) -> GaussianRefere
         full_basis.to(u.dtype),
         eigenvalues.clamp(min=1e-12).sqrt().to(u.dtype),
     )
-
-
-def tempered_epsilon(
-    distance: torch.Tensor, epsilon: float, abc_kernel: str, fraction: float
-) -> tuple[float, torch.Tensor]:
-    """The next epsilon of adaptive tempering and the chains' incremental log-weights.
-
-    ``distance`` ``(C,)``: the chains' distances at ``epsilon``. Gaussian kernel: the smallest
-    ``eps' <= epsilon`` whose incremental weights ``exp(-rho^2 (1/eps'^2 - 1/eps^2) / 2)`` keep
-    an effective sample size of ``fraction * C`` (bisection on ``1/eps'^2``); indicator kernel:
-    the ``fraction`` quantile of the distances. Either is at least ``TEMPERING_MIN_RATIO *
-    epsilon``. Returns ``(eps', log_weights (C,) float64)``.
-    """
-    rho = distance.double().nan_to_num(nan=math.inf)
-    chains = rho.shape[0]
-    floor = TEMPERING_MIN_RATIO * epsilon
-
-    def log_weights(new: float) -> torch.Tensor:
-        if abc_kernel == "indicator":
-            return torch.where(rho <= new, 0.0, -math.inf).double()
-        change = 1.0 / new**2 - (0.0 if math.isinf(epsilon) else 1.0 / epsilon**2)
-        return torch.where(torch.isfinite(rho), -0.5 * change * rho.square(), -math.inf)
-
-    def kept(new: float) -> float:
-        weights = torch.softmax(log_weights(new), 0)
-        return float(1.0 / weights.square().sum()) / chains
-
-    if abc_kernel == "indicator":
-        finite = rho[torch.isfinite(rho)]
-        new = float(torch.quantile(finite, fraction)) if finite.numel() else epsilon
-        new = min(epsilon, max(new, floor))
-    elif kept(floor) >= fraction:
-        new = floor
-    else:
-        high = epsilon if math.isfinite(epsilon) else float(rho[torch.isfinite(rho)].max()) * 10
-        low = floor if math.isfinite(floor) else 1e-12
-        if kept(high) < fraction:
-            return high, log_weights(high)
-        for _ in range(50):  # kept() rises with eps': keep high where it holds
-            middle = math.sqrt(low * high)
-            if kept(middle) >= fraction:
-                high = middle
-            else:
-                low = middle
-        new = high
-    return new, log_weights(new)
-
-
-def systematic_resample(log_weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Indices ``(C,)`` of systematic resampling by ``log_weights`` ``(C,)`` (one uniform)."""
-    chains = log_weights.shape[0]
-    weights = torch.softmax(log_weights.double(), 0).cpu()
-    offset = torch.rand((), generator=generator, device=generator.device).double().cpu()
-    positions = (offset + torch.arange(chains, dtype=torch.float64)) / chains
-    return torch.searchsorted(torch.cumsum(weights, 0), positions).clamp(max=chains - 1)
 
 
 def _reset_moments(run: AbcRun) -> None:
@@ -799,13 +747,22 @@ def _adapt_beta(run: AbcRun, acceptance_probability: torch.Tensor, epsilon_movin
 
 def _temper(run: AbcRun) -> None:
     """One adaptive-tempering update (see the module docstring): lower epsilon, resample."""
-    epsilon, log_weights = tempered_epsilon(
-        run.state.distance, run.epsilon_current, run.config.abc_kernel, TEMPERING_ESS_FRACTION
+    config = run.config
+    distance = run.state.distance
+    current = run.epsilon_current
+    equal = torch.zeros(distance.shape[0], dtype=torch.float64, device=distance.device)
+    floor = TEMPERING_MIN_RATIO * current
+    epsilon = tempering.next_epsilon(
+        distance, equal, current, TEMPERING_ESS_FRACTION, config.abc_kernel, floor
     )
-    run.epsilon_current = epsilon
+    # Chains outside the set (indicator kernel) must not raise it.
+    run.epsilon_current = min(float(epsilon), current)
+    log_weights = tempering.incremental_log_weights(
+        distance, run.epsilon_current, current, config.abc_kernel
+    )
     if not bool(torch.isfinite(log_weights).any()):
         return  # no chain has a finite distance: nothing to weigh them by
-    index = systematic_resample(log_weights, run.generator).to(run.state.u.device)
+    index = tempering.resample_indices(run.generator, log_weights)
     run.state = type(run.state)(*(tensor[index] for tensor in run.state))
 
 

@@ -51,12 +51,22 @@ from typing import Any, NamedTuple
 
 import torch
 
+from probgraphics.inference import tempering
 from probgraphics.inference.distances import resolve_distance
 from probgraphics.inference.kernels import elliptical
 from probgraphics.inference.kernels.elliptical import GaussianReference
 from probgraphics.inference.posterior import Posterior
 from probgraphics.inference.runner import MAX_REFERENCE_DIM, fit_reference
 from probgraphics.inference.simulator import Simulation, Simulator
+from probgraphics.inference.tempering import (
+    RESAMPLING_SCHEMES,
+    effective_sample_size,
+    incremental_log_weights,
+    log_kernel,
+    normalized_weights,
+    resample_indices,
+    weighted_quantile,
+)
 from probgraphics.inference.whitening import WhiteningLayout
 
 __all__ = [
@@ -78,7 +88,6 @@ __all__ = [
     "run_smc",
 ]
 
-RESAMPLING_SCHEMES = ("systematic", "multinomial")
 #: Resample when the effective sample size falls below this fraction of the particles (up to a
 #: relative rounding margin of ``1e-9``: with ``alpha = 0.5`` an indicator round leaves exactly
 #: half, and whether its floating-point ESS lands a hair below or above must not decide).
@@ -103,8 +112,6 @@ MIN_ACCEPTANCE = 0.01
 #: then propose mostly inside it): on linear_gaussian the final variance was 2-8% low at a fixed
 #: tolerance; at 2 it matched.
 REFERENCE_INFLATION = 2.0
-#: Bisection iterations on ``log eps`` for the Gaussian kernel's next tolerance.
-BISECTION_ITERATIONS = 64
 
 
 class SMCState(NamedTuple):
@@ -161,132 +168,27 @@ def init(u: torch.Tensor, values: torch.Tensor, distance: torch.Tensor) -> SMCSt
     return SMCState(u, values, distance, log_weight, epsilon)
 
 
-def log_kernel(
-    distance: torch.Tensor, epsilon: torch.Tensor | float, abc_kernel: str
-) -> torch.Tensor:
-    """``log K_eps(rho)`` per particle, float64 ``(P,)``: indicator ``0`` or ``-inf``; Gaussian
-    ``-rho^2 / (2 eps^2)`` (``0`` at ``eps = inf``). A NaN distance gives ``-inf``."""
-    rho = distance.to(torch.float64)
-    epsilon = torch.as_tensor(epsilon, dtype=torch.float64, device=rho.device)
-    if abc_kernel == "indicator":
-        result = torch.where(rho <= epsilon, 0.0, -math.inf).to(torch.float64)
-    elif abc_kernel == "gaussian":
-        result = -0.5 * rho.square() * epsilon.square().reciprocal()
-    else:
-        raise ValueError(f"abc_kernel must be one of {elliptical.ABC_KERNELS}, got {abc_kernel!r}")
-    return torch.where(torch.isnan(rho), -math.inf, result)
-
-
-def normalized_weights(log_weight: torch.Tensor) -> torch.Tensor:
-    """Weights summing to one, ``(P,)`` float64 (all zero when every particle is dead)."""
-    log_weight = log_weight.to(torch.float64)
-    total = torch.logsumexp(log_weight, dim=0)
-    return torch.exp(log_weight - total).nan_to_num(0.0)
-
-
-def effective_sample_size(log_weight: torch.Tensor) -> torch.Tensor:
-    """Kish's effective sample size ``(sum w)^2 / sum w^2`` of log weights ``(..., P)``: ``(...)``
-    float64, in ``[1, P]`` (0 when every weight is zero)."""
-    log_weight = log_weight.to(torch.float64)
-    value = torch.exp(
-        2.0 * torch.logsumexp(log_weight, dim=-1) - torch.logsumexp(2.0 * log_weight, dim=-1)
-    )
-    return value.nan_to_num(0.0)
-
-
-def weighted_quantile(values: torch.Tensor, log_weight: torch.Tensor, q: float) -> torch.Tensor:
-    """The smallest of ``values`` ``(P,)`` whose cumulative normalized weight reaches ``q``: a
-    ``()`` float64 tensor. NaN values rank last; zero-weight values never count."""
-    weights = normalized_weights(log_weight)
-    ranking = torch.nan_to_num(values.to(torch.float64), nan=math.inf)
-    order = torch.argsort(ranking, stable=True)
-    cumulative = torch.cumsum(weights[order], dim=0)
-    # searchsorted: the first position whose cumulative weight is >= q (clamped for rounding).
-    target = torch.tensor([q], dtype=torch.float64, device=values.device)
-    position = torch.searchsorted(cumulative, target).clamp(max=values.shape[0] - 1)
-    return ranking[order][position].squeeze(0)
-
-
-def _gaussian_increment(
-    distance: torch.Tensor, epsilon: torch.Tensor, previous: torch.Tensor
-) -> torch.Tensor:
-    """``log K_eps(rho) - log K_prev(rho)`` for the Gaussian kernel, float64; ``epsilon`` may
-    carry leading candidate dimensions ``(G, 1)`` against ``distance`` ``(P,)``."""
-    rho2 = distance.to(torch.float64).square()
-    return -0.5 * rho2 * (epsilon.square().reciprocal() - previous.square().reciprocal())
-
-
 def next_epsilon(
     state: SMCState, alpha: float, abc_kernel: str, floor: float = 0.0
 ) -> torch.Tensor:
-    """The next tolerance, ``()`` float64: ``max(candidate, floor)``.
-
-    Indicator kernel: the candidate is :func:`weighted_quantile` of the distances at ``alpha``.
-    Gaussian kernel: the largest tolerance below the current one whose reweighting leaves at most
-    ``alpha`` of the current effective sample size (bisection on ``log eps``, all in tensors).
-    """
-    floor_tensor = torch.tensor(floor, dtype=torch.float64, device=state.distance.device)
-    if abc_kernel == "indicator":
-        return torch.maximum(
-            weighted_quantile(state.distance, state.log_weight, alpha), floor_tensor
-        )
-    rho = state.distance.to(torch.float64)
-    finite = torch.isfinite(rho) & torch.isfinite(state.log_weight)
-    largest = torch.where(finite, rho, 0.0).max().clamp(min=1e-300)
-    high = torch.where(torch.isfinite(state.epsilon), state.epsilon, 10.0 * largest)
-    log_high = high.log()
-    log_low = log_high - math.log(1e12)
-    target = alpha * effective_sample_size(state.log_weight)
-    log_weight = torch.where(finite, state.log_weight, -math.inf)
-    safe_rho = torch.where(finite, rho, 0.0)
-    for _ in range(BISECTION_ITERATIONS):
-        middle = 0.5 * (log_low + log_high)
-        increment = _gaussian_increment(safe_rho, middle.exp(), state.epsilon)
-        enough = effective_sample_size(log_weight + increment) >= target
-        log_high = torch.where(enough, middle, log_high)
-        log_low = torch.where(enough, log_low, middle)
-    return torch.maximum(log_high.exp(), floor_tensor)
+    """The population's next tolerance: :func:`probgraphics.inference.tempering.next_epsilon`
+    of its distances and weights (``()`` float64)."""
+    return tempering.next_epsilon(
+        state.distance, state.log_weight, state.epsilon, alpha, abc_kernel, floor
+    )
 
 
 def reweight(state: SMCState, epsilon: torch.Tensor, abc_kernel: str) -> SMCState:
     """Move the weights from ``state.epsilon`` to ``epsilon``: multiply by
     ``K_eps(rho) / K_prev(rho)`` (dead particles stay dead; NaN distances die)."""
     epsilon = torch.as_tensor(epsilon, dtype=torch.float64, device=state.log_weight.device)
-    if abc_kernel == "gaussian":
-        increment = _gaussian_increment(state.distance, epsilon, state.epsilon)
-        increment = torch.where(torch.isnan(increment), -math.inf, increment)
-    else:
-        # Alive particles sit inside the previous tolerance (moves keep them there), so the
-        # ratio is the new indicator.
-        increment = log_kernel(state.distance, epsilon, abc_kernel)
+    increment = incremental_log_weights(state.distance, epsilon, state.epsilon, abc_kernel)
     alive = torch.isfinite(state.log_weight)
     log_weight = torch.where(alive, state.log_weight + increment, -math.inf)
     # Keep the largest log weight at 0 so weights never underflow over many rounds.
     shift = torch.where(torch.isfinite(log_weight), log_weight, -math.inf).max()
     shift = torch.where(torch.isfinite(shift), shift, 0.0)
     return state._replace(log_weight=log_weight - shift, epsilon=epsilon)
-
-
-def resample_indices(
-    generator: torch.Generator, log_weight: torch.Tensor, scheme: str = "systematic"
-) -> torch.Tensor:
-    """Ancestor indices ``(P,)`` int64 drawn in proportion to the weights.
-
-    ``"systematic"``: one uniform ``U``, positions ``(i + U) / P``; ``"multinomial"``: ``P``
-    independent draws. Systematic resampling of equal weights returns every particle once.
-    """
-    count = log_weight.shape[0]
-    weights = normalized_weights(log_weight)
-    if scheme == "multinomial":
-        return torch.multinomial(weights, count, replacement=True, generator=generator)
-    if scheme != "systematic":
-        raise ValueError(f"resampling must be one of {RESAMPLING_SCHEMES}, got {scheme!r}")
-    offset = torch.rand((), generator=generator, device=weights.device, dtype=torch.float64)
-    positions = (torch.arange(count, device=weights.device, dtype=torch.float64) + offset) / count
-    cumulative = torch.cumsum(weights, dim=0)
-    cumulative = cumulative / cumulative[-1]
-    index = torch.searchsorted(cumulative, positions, right=True)
-    return index.clamp(max=count - 1)
 
 
 def resample(

@@ -11,7 +11,7 @@ import torch
 import probgraphics as pg
 from probgraphics.api import prepare_abc
 from probgraphics.inference import checkpoint as checkpoint_io
-from probgraphics.inference import runner
+from probgraphics.inference import runner, tempering
 from probgraphics.inference.kernels import elliptical
 from probgraphics.inference.kernels.elliptical import GaussianReference
 from probgraphics.inference.simulator import Simulation
@@ -112,43 +112,42 @@ def test_independence_move_draws_from_the_proposal_and_weighs_it():
     )
 
 
-def test_tempered_epsilon_keeps_the_asked_effective_sample_size():
+def test_tempering_keeps_the_asked_effective_sample_size():
     # Two chains near, six far: at the floor (7) the far ones would weigh almost nothing.
     distance = torch.tensor([1.0, 1.5, 28.0, 29.0, 30.0, 31.0, 32.0, 33.0])
-    epsilon, log_weights = runner.tempered_epsilon(distance, 10.0, "gaussian", 0.5)
-    weights = torch.softmax(log_weights, 0)
-    assert float(1.0 / weights.square().sum()) / 8 == pytest.approx(0.5, abs=1e-6)
-    assert runner.TEMPERING_MIN_RATIO * 10.0 <= epsilon < 10.0
+    equal = torch.zeros(8, dtype=torch.float64)
+    floor = runner.TEMPERING_MIN_RATIO * 10.0
+    epsilon = float(tempering.next_epsilon(distance, equal, 10.0, 0.5, "gaussian", floor))
+    log_weights = tempering.incremental_log_weights(distance, epsilon, 10.0, "gaussian")
+    assert float(tempering.effective_sample_size(log_weights)) / 8 == pytest.approx(0.5, abs=1e-6)
+    assert floor <= epsilon < 10.0
     # The weights are the Gaussian kernel's ratio at the new and old epsilon.
     change = 1 / epsilon**2 - 1 / 10.0**2
     reference = torch.softmax(-0.5 * change * distance.double().square(), 0)
-    assert torch.allclose(weights, reference)
+    assert torch.allclose(tempering.normalized_weights(log_weights), reference)
     # Identical distances (resampled copies) cannot fall below the floor in one cycle.
-    floor, _ = runner.tempered_epsilon(torch.full((8,), 2.0), 10.0, "gaussian", 0.5)
-    assert floor == pytest.approx(runner.TEMPERING_MIN_RATIO * 10.0)
-    # Indicator kernel: the quantile of the distances (above the floor).
-    quantile, log_weights = runner.tempered_epsilon(distance, 40.0, "indicator", 0.5)
-    assert quantile == pytest.approx(float(torch.quantile(distance, 0.5)))
-    assert torch.equal(log_weights == 0, distance <= quantile)
+    same = tempering.next_epsilon(torch.full((8,), 2.0), equal, 10.0, 0.5, "gaussian", floor)
+    assert float(same) == pytest.approx(floor)
 
 
-def test_systematic_resampling_matches_a_loop():
-    generator = torch.Generator().manual_seed(4)
-    log_weights = torch.log(torch.tensor([0.1, 0.0, 0.5, 0.25, 0.15])).double()
-    state = generator.get_state()
-    index = runner.systematic_resample(log_weights, generator)
-    generator.set_state(state)
-    offset = float(torch.rand((), generator=generator))
-    cumulative, expected, j = 0.0, [], 0
-    weights = torch.softmax(log_weights, 0).tolist()
-    for i in range(5):
-        position = (offset + i) / 5
-        while cumulative + weights[j] < position:
-            cumulative += weights[j]
-            j += 1
-        expected.append(j)
-    assert index.tolist() == expected
-    assert 1 not in expected  # a zero weight is never drawn
+def test_warmup_tempering_lowers_epsilon_and_resamples_by_the_kernel_ratio():
+    run = prepare_abc(program, DATA, **FAST)
+    # Three chains near, three far: the far ones must give their places to copies of near ones.
+    run.state = run.state._replace(distance=torch.tensor([1.0, 50.0, 1.2, 48.0, 0.9, 52.0]))
+    run.epsilon_current = start = 10.0
+    state = run.generator.get_state()
+    before = run.state
+    runner._temper(run)
+    assert run.epsilon_current < start
+    # The chains are the systematic resampling of the incremental weights, drawn from the run's
+    # generator.
+    run.generator.set_state(state)
+    log_weights = tempering.incremental_log_weights(
+        before.distance, run.epsilon_current, start, "gaussian"
+    )
+    index = tempering.resample_indices(run.generator, log_weights)
+    assert torch.equal(run.state.u, before.u[index])
+    assert set(index.tolist()) <= {0, 2, 4}
 
 
 def test_whiten_values_inverts_the_whitening_without_simulating():
