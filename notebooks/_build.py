@@ -130,9 +130,11 @@ QUICKSTART = [
         the observation by a distance; a Gaussian ABC kernel of width epsilon turns the distance
         into a weight. Every latent is whitened to a standard normal `u`, and each chain
         proposes `u' = sqrt(1 - a²) u + a ν` with `ν ~ N(0, I)`: a move that leaves the prior
-        invariant, so only the ABC kernels enter the acceptance. Epsilon is annealed during
-        warm-up, starting from a pilot of prior simulations. All chains are one tensor: each
-        step renders `chains` scenes in one batched call.
+        invariant, so only the ABC kernels enter the acceptance. By default the move cycles over
+        blocks, one latent site at a time (`blocks="joint"` moves them all at once, as the
+        paper does), each with its own adapted step. Epsilon is annealed during warm-up,
+        starting from a pilot of prior simulations. All chains are one tensor: each step
+        renders `chains` scenes in one batched call.
         """
     ),
     code(
@@ -326,9 +328,13 @@ ABC_FACES = [
         """
         ## Coarse to fine: ABC-MCMC started from the guide
 
-        `init="guide", guide=guide` starts each chain at an independent draw of `q(z | image)`
-        (latents the guide leaves out start from the prior); the pilot still runs, to give the
-        standardized distance its per-feature scale.
+        `guide=guide` starts each chain at an independent draw of `q(z | image)` (latents the
+        guide leaves out start from the prior) and adds the guide's **data-driven proposal** to
+        the cycle: an independence Metropolis-Hastings move that draws a whole scene from
+        `q(z | image)` and accepts it by the ABC kernel ratio times the prior ratio times the
+        proposal ratio, so a wrong guide slows the chains but cannot bias them. The pilot still
+        runs, to give the standardized distance its per-feature scale. The recommended call is
+        `pg.infer(program, image, guide=guide, simulations=20_000)`: pixels, a hard budget.
         """
     ),
     code(
