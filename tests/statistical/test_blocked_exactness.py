@@ -15,8 +15,10 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 import probgraphics as pg
+from probgraphics.programs.toy import linear_gaussian
 from tests.blocked_toy import OBSERVATION, BiasedGuide, analytic_posterior, program
 
 with warnings.catch_warnings():
@@ -79,3 +81,37 @@ def test_blocked_abc_mcmc_matches_the_exact_abc_target(options):
         steps = RUN["warmup"] + np.arange(RUN["draws"])
         accepted = posterior.sample_stats["accepted"].numpy()[:, steps % moves == moves - 1]
         assert accepted.mean() > 0.05
+
+
+class LinearGaussianGuide:
+    """A guide for ``linear_gaussian`` that is wrong on purpose: the exact ABC target shifted by
+    one posterior standard deviation and twice as wide."""
+
+    observed = "x"
+
+    def __init__(self, program, x):
+        mean, covariance = program.analytic_posterior(x, abc_epsilon=EPSILON)
+        self.observed_shape = tuple(x.shape)
+        self.site_shapes = {"z": tuple(mean.shape)}
+        self.mean = (mean + covariance.diagonal().sqrt()).float()
+        self.scale_tril = (2.0 * torch.linalg.cholesky(covariance)).float()
+
+    def posterior(self, images, num_samples, *, generator=None):
+        noise = torch.randn(num_samples, images.shape[0], self.mean.shape[0], generator=generator)
+        return {"z": self.mean + noise @ self.scale_tril.T}
+
+
+def test_guide_proposals_keep_linear_gaussian_exact():
+    # One latent site: the cycle is the preconditioned joint move, the noise block and the
+    # biased guide's independence move.
+    program = linear_gaussian(dim=4, noise=0.5, seed=0)
+    x = pg.programs.simulate(program, seed=1)["x"]
+    posterior = pg.infer(program, {"x": x}, guide=LinearGaussianGuide(program, x), **RUN)
+    z = posterior.samples["z"].double().numpy()
+    mean, covariance = (t.numpy() for t in program.analytic_posterior(x, abc_epsilon=EPSILON))
+    for k in range(4):
+        values = z[..., k]
+        assert abs(values.mean() - mean[k]) < MCSE_TOLERANCE * mcse(values), k
+        square = (values - mean[k]) ** 2
+        assert abs(square.mean() - covariance[k, k]) < MCSE_TOLERANCE * mcse(square), k
+        assert float(az.rhat(values)) < 1.05, k
