@@ -132,6 +132,7 @@ def plot(rows: list[dict], path: Path) -> None:
     if guide:
         ax.axhline(guide[0], color="gray", linestyle=":", label="guide alone")
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("simulations")
     ax.set_ylabel("render MSE of posterior draws")
     ax.set_title("held-out face scenes (64 px)")

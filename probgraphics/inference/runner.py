@@ -792,13 +792,15 @@ def _progress_postfix(run: AbcRun, epsilon: float, acceptance: torch.Tensor, pha
     if now - getattr(bar, "_probgraphics_last", 0.0) < 0.5:
         return
     bar._probgraphics_last = now
-    elapsed = max(sum(run.seconds.values()), 1e-9)
+    # The phase times are added when a phase ends: rate since the bar opened instead.
+    opened, simulations_then = bar._probgraphics_opened
+    rate = (run.simulator.n_simulations - simulations_then) / max(now - opened, 1e-9)
     # Reading the acceptance is a host sync: only here, at most twice a second, for display.
     bar.set_postfix(
         phase=phase,
         eps=f"{epsilon:.3g}",
         acc=f"{float(acceptance.float().mean()):.2f}",
-        sims_per_s=f"{run.simulator.n_simulations / elapsed:.3g}",
+        sims_per_s=f"{rate:.3g}",
         refresh=False,
     )
 
@@ -995,6 +997,7 @@ def _open_progress_bar(run: AbcRun) -> None:
         unit="step",
         mininterval=0.5,
     )
+    run.progress_bar._probgraphics_opened = (time.perf_counter(), run.simulator.n_simulations)
 
 
 def run_abc(
