@@ -630,19 +630,28 @@ def _set_moves(run: AbcRun, guide_proposal: GaussianReference | None) -> None:
     if not config.multi_move:
         return
     device = torch.device(config.device)
-    run.masks = block_masks(run.layout, config.blocks or ()).to(device)
-    latent = torch.zeros(run.layout.dim, dtype=torch.bool)
+    dim = run.layout.dim
+    latent = torch.zeros(dim, dtype=torch.bool)
     for site in run.layout.latent_sites:
         latent[site.offset : site.offset + site.size] = True
     run.latent_mask = latent.to(device)
-    # The cycle's preconditioned joint move: over every coordinate when a reference over all of
-    # them is affordable, else over the latents (the noise block then moves on its own only).
-    if config.precondition and run.layout.dim <= MAX_REFERENCE_DIM:
-        run.joint_mask = torch.ones(run.layout.dim, dtype=torch.bool, device=device)
-    elif config.precondition and run.layout.latent_dim <= MAX_REFERENCE_DIM:
-        run.joint_mask = run.latent_mask
-    if run.joint_mask is not None:
-        run.masks = torch.cat([run.masks, run.joint_mask.unsqueeze(0)])
+    if config.blocks is None:
+        # The paper's single move (cycled with the guide's): one block of every coordinate,
+        # itself the joint move on the reference when one is affordable.
+        run.masks = torch.ones(1, dim, dtype=torch.bool, device=device)
+        if config.precondition and dim <= MAX_REFERENCE_DIM:
+            run.joint_mask = run.masks[0]
+    else:
+        run.masks = block_masks(run.layout, config.blocks).to(device)
+        # The cycle's preconditioned joint move: over every coordinate when a reference over
+        # all of them is affordable, else over the latents (the noise block then moves on its
+        # own only).
+        if config.precondition and dim <= MAX_REFERENCE_DIM:
+            run.joint_mask = torch.ones(dim, dtype=torch.bool, device=device)
+        elif config.precondition and run.layout.latent_dim <= MAX_REFERENCE_DIM:
+            run.joint_mask = run.latent_mask
+        if run.joint_mask is not None:
+            run.masks = torch.cat([run.masks, run.joint_mask.unsqueeze(0)])
     if config.guide_proposals:
         run.guide_proposal = GaussianReference(
             *(tensor.to(device=device, dtype=run.layout.dtype) for tensor in guide_proposal)

@@ -102,8 +102,8 @@ class LinearGaussianGuide:
 
 
 def test_guide_proposals_keep_linear_gaussian_exact():
-    # One latent site: the cycle is the preconditioned joint move, the noise block and the
-    # biased guide's independence move.
+    # One latent site: the cycle is the preconditioned joint move and the biased guide's
+    # independence move.
     program = linear_gaussian(dim=4, noise=0.5, seed=0)
     x = pg.programs.simulate(program, seed=1)["x"]
     posterior = pg.infer(program, {"x": x}, guide=LinearGaussianGuide(program, x), **RUN)

@@ -233,6 +233,14 @@ def test_a_guide_for_another_program_is_refused():
         pg.infer(program, DATA, guide=OtherGuide(0.3), progress=False, **{"chains": 4})
 
 
+def test_joint_blocks_with_a_guide_cycle_the_joint_move_and_the_guide():
+    run = prepare_abc(program, DATA, **{**FAST, "blocks": "joint"})
+    assert run.n_moves == 2 and run.masks.shape == (1, run.layout.dim)
+    assert bool(run.masks.all()) and run.joint_mask is not None
+    runner.warmup(run)
+    assert run.reference is not None  # the joint move is preconditioned
+
+
 def test_joint_blocks_are_the_papers_move():
     # blocks='joint' is the old single move: no guide, nothing cycled.
     run = prepare_abc(program, DATA, blocks="joint", chains=4, warmup=2, draws=2, progress=False)
