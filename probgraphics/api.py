@@ -568,7 +568,8 @@ def _abc_config(
         if proposals is None:
             proposals = options["guide"] is not None
         extra["guide_proposals"] = _check_bool("guide_proposals", proposals)
-        if extra["guide_proposals"] and options["guide"] is None:
+        # A resumed run's checkpoint holds the guide's proposal; a new run needs the guide.
+        if extra["guide_proposals"] and options["guide"] is None and options["resume"] is None:
             raise ValueError(
                 "guide_proposals=True proposes from a trained guide, but no guide was given; "
                 "pass guide=load_guide(...), or leave guide_proposals out."
@@ -718,7 +719,8 @@ def _prepare_abc_method(
     # once its sites are known).
     if method == "abc_mcmc" and options["guide"] is not None and "init" not in explicit:
         options["init"] = "guide"  # the recommended call: start from the guide, propose from it
-    _apply_budget(method, options, explicit)
+    if resume is None:  # a checkpoint holds the sizes its budget gave
+        _apply_budget(method, options, explicit)
     config = _abc_config(method, options, noise_mode, summary_spec)
     device = torch.device(config.device)
     program = _move_program(program, device)

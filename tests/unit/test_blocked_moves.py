@@ -185,7 +185,24 @@ def test_resumed_blocked_run_equals_the_uninterrupted_run(tmp_path, crash_at):
         pg.infer(CrashingProgram(program, crash_at), DATA, checkpoint=path, **options)
     saved = checkpoint_io.load_checkpoint(path)
     assert 0 < saved["warmup_done"] + saved["sampling_steps_done"] < 29
-    resumed = pg.infer(program, DATA, resume=path, guide=FAST["guide"], progress=False)
+    # resume=path alone: the checkpoint holds the guide's proposal and every setting.
+    resumed = pg.infer(program, DATA, resume=path, progress=False)
+    assert_same_posterior(uninterrupted, resumed)
+
+
+def test_a_budgeted_run_resumes_from_its_checkpoint_alone(tmp_path):
+    path = tmp_path / "run.ckpt"
+    options = {
+        "simulations": 1200,
+        "chains": 6,
+        "seed": 5,
+        "progress": False,
+        "checkpoint_every": 5,
+    }
+    uninterrupted = pg.infer(program, DATA, **options)
+    with pytest.raises(KeyboardInterrupt):
+        pg.infer(CrashingProgram(program, 40), DATA, checkpoint=path, **options)
+    resumed = pg.infer(program, DATA, resume=path, progress=False)
     assert_same_posterior(uninterrupted, resumed)
 
 
