@@ -387,15 +387,10 @@ def fit_gaussian_proposal(u: torch.Tensor, mask: torch.Tensor) -> GaussianRefere
         eigenvalues, basis = torch.linalg.eigh(0.5 * (covariance + covariance.T))
     finally:
         torch.set_num_threads(threads)
-    full_mean = u.new_zeros(u.shape[1], dtype=torch.float64)
-    full_mean[mask] = mean
-    full_basis = u.new_zeros(u.shape[1], basis.shape[1], dtype=torch.float64)
-    full_basis[mask] = basis
-    return GaussianReference(
-        full_mean.to(u.dtype),
-        full_basis.to(u.dtype),
-        eigenvalues.clamp(min=1e-12).sqrt().to(u.dtype),
+    fitted = GaussianReference(
+        mean.to(u.dtype), basis.to(u.dtype), eigenvalues.clamp(min=1e-12).sqrt().to(u.dtype)
     )
+    return _embed_reference(fitted, mask)
 
 
 def _reset_moments(run: AbcRun) -> None:
