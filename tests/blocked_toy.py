@@ -33,15 +33,30 @@ def program():
 OBSERVATION = torch.tensor([1.2, -0.4, 0.9, 0.3])
 
 
+def gaussian_posterior(
+    prior_mean: torch.Tensor,
+    prior_covariance: torch.Tensor,
+    matrix: torch.Tensor,
+    variance: float,
+    x: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance (float64) of ``z ~ N(prior_mean, prior_covariance)`` given
+    ``x ~ N(matrix z, variance I)``: the conjugate posterior, written out."""
+    prior_mean, prior_covariance, matrix, x = (
+        t.double() for t in (prior_mean, prior_covariance, matrix, x)
+    )
+    precision = torch.linalg.inv(prior_covariance) + matrix.T @ matrix / variance
+    covariance = torch.linalg.inv(precision)
+    prior_term = torch.linalg.solve(prior_covariance, prior_mean)
+    return covariance @ (prior_term + matrix.T @ x / variance), covariance
+
+
 def analytic_posterior(epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean ``(3,)`` and covariance ``(3, 3)`` (float64) of ``[a, b]`` under the Gaussian ABC
     target with tolerance ``epsilon``."""
-    variance = NOISE**2 + epsilon**2
-    precision = torch.linalg.inv(PRIOR_COVARIANCE) + MATRIX.T @ MATRIX / variance
-    covariance = torch.linalg.inv(precision)
-    prior_term = torch.linalg.solve(PRIOR_COVARIANCE, PRIOR_MEAN)
-    mean = covariance @ (prior_term + MATRIX.T @ OBSERVATION.double() / variance)
-    return mean, covariance
+    return gaussian_posterior(
+        PRIOR_MEAN, PRIOR_COVARIANCE, MATRIX, NOISE**2 + epsilon**2, OBSERVATION
+    )
 
 
 class BiasedGuide:

@@ -23,6 +23,7 @@ import torch
 
 import probgraphics as pg
 from probgraphics.programs.toy import linear_gaussian
+from tests.blocked_toy import gaussian_posterior
 
 MCSE_TOLERANCE = 4.0
 
@@ -88,10 +89,9 @@ def correlated_program():
 
 def correlated_target(x: torch.Tensor, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
     """The Gaussian-kernel ABC target: the posterior with noise variance NOISE^2 + eps^2."""
-    prior_precision = torch.linalg.inv(PRIOR_COVARIANCE.double())
-    variance = NOISE**2 + epsilon**2
-    covariance = torch.linalg.inv(prior_precision + torch.eye(3, dtype=torch.float64) / variance)
-    mean = covariance @ (prior_precision @ PRIOR_MEAN.double() + x.double() / variance)
+    mean, covariance = gaussian_posterior(
+        PRIOR_MEAN, PRIOR_COVARIANCE, torch.eye(3), NOISE**2 + epsilon**2, x
+    )
     return mean.numpy(), covariance.numpy()
 
 
