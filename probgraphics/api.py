@@ -45,7 +45,9 @@ from probgraphics.inference.runner import (
     prepare,
 )
 from probgraphics.inference.simulator import Simulator
+from probgraphics.inference.smc import run_smc
 from probgraphics.inference.summaries import SUMMARIES, resolve_summary, summary_name
+from probgraphics.inference.tempering import RESAMPLING_SCHEMES
 from probgraphics.inference.whitening import (
     WhiteningError,
     WhiteningLayout,
@@ -447,6 +449,22 @@ def _move_program(program: Callable[[], Any], device: torch.device) -> Callable[
     return program
 
 
+def _traced_program(
+    program: Callable[[], Any], device: torch.device, observation: dict[str, torch.Tensor]
+) -> tuple[Callable[[], Any], ProgramInfo, Any]:
+    """The program on ``device``, its sites and one trace, with the observation checked against
+    its sites: ``(program, info, trace)``."""
+    program = _move_program(program, device)
+    info, trace = inspect_program(program)
+    _check_observed_sites(info.sample_sites, info.deterministic_sites, observation)
+    return program, info, trace
+
+
+def _check_summary_spec(spec: Any) -> None:
+    if not (spec is None or isinstance(spec, str) or callable(spec)):
+        raise TypeError(f"summary must be None, a summary name or a callable, got {spec!r}")
+
+
 # ---------------------------------------------------------------------------- ABC methods
 
 
@@ -713,8 +731,7 @@ def _prepare_abc_method(
     )
     check_distance_spec(options["distance"])
     summary_spec = options["summary"]
-    if not (summary_spec is None or isinstance(summary_spec, str) or callable(summary_spec)):
-        raise TypeError(f"summary must be None, a summary name or a callable, got {summary_spec!r}")
+    _check_summary_spec(summary_spec)
     # Every option is checked before the program runs (the noise mode and init are settled
     # once its sites are known).
     if method == "abc_mcmc" and options["guide"] is not None and "init" not in explicit:
@@ -723,9 +740,7 @@ def _prepare_abc_method(
         _apply_budget(method, options, explicit)
     config = _abc_config(method, options, noise_mode, summary_spec)
     device = torch.device(config.device)
-    program = _move_program(program, device)
-    info, trace = inspect_program(program)
-    _check_observed_sites(info.sample_sites, info.deterministic_sites, observation)
+    program, info, trace = _traced_program(program, device, observation)
     if config.blocks == () and len(_latent_sites(info.sample_sites, observation)) == 1:
         config = replace(config, blocks=None)  # one latent site: its block is the joint move
     layout, resolved_mode = _build_layout(trace, observation, noise_mode, blocked=config.multi_move)
@@ -873,9 +888,7 @@ def _run_abc_rejection(program, observation, options, explicit) -> Posterior:
     batch_size = options["batch_size"]
     batch_size = 1024 if batch_size is None else _check_int("batch_size", batch_size, 1)
     check_distance_spec(options["distance"])
-    program = _move_program(program, device)
-    info, trace = inspect_program(program)
-    _check_observed_sites(info.sample_sites, info.deterministic_sites, observation)
+    program, info, trace = _traced_program(program, device, observation)
     layout = build_layout(trace, observation, whiten_observed=False)
     summary = resolve_summary(options["summary"], list(observation))
     settings = {
@@ -906,9 +919,6 @@ def _run_abc_rejection(program, observation, options, explicit) -> Posterior:
 
 
 def _run_abc_smc(program, observation, options, explicit) -> Posterior:
-    # Imported here so this method's code stays in one place in this module.
-    from probgraphics.inference.smc import RESAMPLING_SCHEMES, run_smc
-
     simulations = _check_int("simulations", options["simulations"], 1)
     particles = _check_int("particles", options["particles"], 2)
     alpha = _check_fraction("alpha", options["alpha"])
@@ -946,11 +956,8 @@ def _run_abc_smc(program, observation, options, explicit) -> Posterior:
             "particles or pilot_size."
         )
     summary_spec = options["summary"]
-    if not (summary_spec is None or isinstance(summary_spec, str) or callable(summary_spec)):
-        raise TypeError(f"summary must be None, a summary name or a callable, got {summary_spec!r}")
-    program = _move_program(program, device)
-    info, trace = inspect_program(program)
-    _check_observed_sites(info.sample_sites, info.deterministic_sites, observation)
+    _check_summary_spec(summary_spec)
+    program, info, trace = _traced_program(program, device, observation)
     layout, resolved_mode = _build_layout(trace, observation, noise_mode)
     summary = resolve_summary(summary_spec, list(observation))
     settings = {
@@ -1251,10 +1258,9 @@ def _run_guide(program, observation, options, explicit) -> Posterior:
             f"pilot_size={pilot_size} is too small: the standardized distance takes its scale "
             "from a pilot of prior simulations; use pilot_size >= 2, or another distance."
         )
-    if simulate:
-        program = _move_program(program, device)
-    info, trace = inspect_program(program)
-    _check_observed_sites(info.sample_sites, info.deterministic_sites, observation)
+    # Without a summary nothing is simulated, so the program stays where it is.
+    where = device if simulate else torch.device("cpu")
+    program, info, trace = _traced_program(program, where, observation)
     latents = _latent_sites(info.sample_sites, observation)
     total = chains * draws
     values = _guide_draws(guide, observation, latents, total, _guide_seed(seed))
