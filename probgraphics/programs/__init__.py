@@ -12,20 +12,26 @@ Each bundled program is built by a function that binds its configuration and is 
 from probgraphics.programs.dcign import DCIGNProgram, dcign
 from probgraphics.programs.face import FaceProgram, face
 from probgraphics.programs.registry import available, get, register
+from probgraphics.programs.sbibm_tasks import SBIBMTask, sbibm_task
 from probgraphics.programs.simulate import simulate
+from probgraphics.programs.simulator import SimulatorProgram, simulator
 from probgraphics.programs.toy import linear_gaussian
 from probgraphics.programs.voxel import VoxelProgram, voxel
 
 __all__ = [
     "DCIGNProgram",
     "FaceProgram",
+    "SBIBMTask",
+    "SimulatorProgram",
     "VoxelProgram",
     "available",
     "face",
     "get",
     "linear_gaussian",
     "register",
+    "sbibm_task",
     "simulate",
+    "simulator",
     "voxel",
     "dcign",
 ]
