@@ -21,6 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from probgraphics import programs  # noqa: E402
 from probgraphics.api import infer  # noqa: E402
 from probgraphics.config import set_num_threads  # noqa: E402
+from probgraphics.inference.learned_summaries import semi_automatic_summary  # noqa: E402
 from probgraphics.inference.posterior import Posterior  # noqa: E402
 from probgraphics.inference.svi import TrainResult, train_guide  # noqa: E402
 
@@ -32,6 +33,7 @@ __all__ = [
     "__version__",
     "infer",
     "programs",
+    "semi_automatic_summary",
     "set_num_threads",
     "train_guide",
 ]

@@ -8,6 +8,7 @@ distances, and the Posterior result.
 from __future__ import annotations
 
 from probgraphics.inference.distances import DISTANCES, StandardizedL2, l1, l2
+from probgraphics.inference.learned_summaries import SemiAutomaticSummary, semi_automatic_summary
 from probgraphics.inference.posterior import Posterior
 from probgraphics.inference.simulator import Simulation, Simulator
 from probgraphics.inference.summaries import identity_summary, pixel_summary
@@ -23,6 +24,7 @@ from probgraphics.inference.whitening import (
 __all__ = [
     "DISTANCES",
     "Posterior",
+    "SemiAutomaticSummary",
     "Simulation",
     "Simulator",
     "StandardizedL2",
@@ -34,6 +36,7 @@ __all__ = [
     "l1",
     "l2",
     "pixel_summary",
+    "semi_automatic_summary",
     "unwhiten",
     "whiten",
 ]
