@@ -10,7 +10,11 @@ used) and each budget in ``--budgets``:
   azimuth/elevation/light units as the summary, chains started from the guide, the paper's single
   joint move: ``blocks="joint"``, ``guide_proposals=False``), under the same budget;
 * ``recommended``: ``pg.infer(program, image, guide=guide, simulations=N)`` (pixel summary,
-  blocked moves, the guide proposing, adaptive tempering).
+  blocked moves, the guide proposing, adaptive tempering, the pixel noise whitened and moved as
+  one more block);
+* ``integrated noise``: the recommended call with ``observation_noise="marginal"``: the pixel
+  noise integrated out of the Gaussian kernel (no noise block; tempering may reach the exact
+  posterior).
 
 Per row: the RMS over images of the posterior mean's error in azimuth, elevation and light
 (degrees) and over the three angles (``angle_rmse``); the mean squared pixel error of renders
@@ -56,7 +60,7 @@ with warnings.catch_warnings():
 HELD_OUT_SEED = 2_000_000
 ANGLES = ("azimuth", "elevation", "light")
 LATENTS = ("shape", "texture", "azimuth", "elevation", "light", "camera")
-METHODS = ("guide alone", "old abc_mcmc", "recommended")
+METHODS = ("guide alone", "old abc_mcmc", "recommended", "integrated noise")
 
 
 def render_mse(program, draws: dict[str, torch.Tensor], truth: torch.Tensor) -> float:
@@ -88,10 +92,11 @@ def score(program, scene, samples, renders: int, seed: int) -> dict:
 def run_one(method: str, program, guide, units, scene, budget: int, seed: int, device: str):
     image = scene["image"].to(device)
     start = time.perf_counter()
-    if method == "recommended":
+    if method in ("recommended", "integrated noise"):
+        noise = {"observation_noise": "marginal"} if method == "integrated noise" else {}
         posterior = pg.infer(
             program, image, guide=guide, simulations=budget, seed=seed, device=device,
-            progress=False,
+            progress=False, **noise,
         )  # fmt: skip
     else:
         posterior = pg.infer(

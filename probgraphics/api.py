@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from probgraphics.inference import marginal_noise
 from probgraphics.inference.distances import (
     DISTANCES,
     check_distance_spec,
@@ -149,7 +150,10 @@ def infer(program: Callable[[], Any], observation: Any, method: str = "abc_mcmc"
             ``seed`` (None: random, recorded in the settings), ``device`` (``"cpu"``,
             ``"cuda"``, ...), ``progress``, ``checkpoint`` (a path), ``checkpoint_every``,
             ``resume`` (a checkpoint path), ``pilot_size``, ``batch_size``,
-            ``observation_noise`` (``"auto"``, ``"whitened"``, ``"fresh"``),
+            ``observation_noise`` (``"auto"``, ``"whitened"``, ``"fresh"``, or ``"marginal"``:
+            Gaussian noise with one sigma integrated out of the Gaussian kernel, exactly, with
+            the observation as summary and the L2 distance; ``epsilon=0`` is then the exact
+            posterior),
             ``anneal_fraction``, ``precondition`` (True: centre the moves on a Gaussian fitted
             to the chains during warm-up; False: the paper's plain moves); ``abc_mcmc`` adds
             ``target_acceptance``, ``abc_slice`` adds ``max_shrinks``. ``init="guide"`` with
@@ -307,7 +311,9 @@ def _check_fraction(name: str, value: Any, *, include_zero: bool = False) -> flo
     return value
 
 
-def _check_epsilon(value: Any) -> float | None:
+def _check_epsilon(value: Any, *, allow_zero: bool = False) -> float | None:
+    """``allow_zero``: the noise is integrated out of the kernel, so ``eps = 0`` is the exact
+    posterior (``observation_noise="marginal"``)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -316,10 +322,11 @@ def _check_epsilon(value: Any) -> float | None:
             f"{value!r}"
         )
     value = float(value)
-    if math.isnan(value) or value <= 0.0:
+    if math.isnan(value) or value < 0.0 or (value == 0.0 and not allow_zero):
         raise ValueError(
             f"epsilon must be > 0 (float('inf') samples the prior), got {value!r}; pass None to "
-            "choose it as a quantile of the pilot's distances."
+            "choose it as a quantile of the pilot's distances (epsilon=0, the exact posterior, "
+            "needs observation_noise='marginal')."
         )
     return value
 
@@ -423,23 +430,65 @@ def _whitenable_observed(trace, observation: dict[str, torch.Tensor]) -> bool:
 
 
 def _build_layout(
-    trace, observation: dict[str, torch.Tensor], mode: str, *, blocked: bool = False
+    trace,
+    observation: dict[str, torch.Tensor],
+    mode: str,
+    *,
+    blocked: bool = False,
+    marginal: str | None = None,
 ) -> tuple:
-    """The layout for ``mode`` (auto/whitened/fresh); returns ``(layout, resolved_mode)``.
+    """The layout for ``mode`` (auto/whitened/fresh/marginal); returns ``(layout, resolved_mode,
+    noise_scale)`` (``noise_scale`` is 0 unless the mode resolves to ``"marginal"``).
 
-    ``auto`` whitens small observations' noise, and any size when the moves are ``blocked``:
-    the noise is then one more block, moved on its own, so a scene move compares images under
-    the same noise instead of paying fresh noise in every distance (correlated pseudo-marginal).
+    ``marginal`` says why the noise cannot be integrated out for this run (None: it can, if the
+    program's observation is Gaussian with one sigma; see :mod:`~probgraphics.inference.
+    marginal_noise`). ``auto`` whitens small observations' noise, and any size when the moves
+    are ``blocked``: the noise is then one more block, moved on its own, so a scene move compares
+    images under the same noise (correlated pseudo-marginal). It does not pick ``"marginal"``:
+    on the face benchmark the exact kernel fits pixels better but pins the chains in poorer
+    poses (docs/results.md section 3).
     """
     latent_layout = build_layout(trace, observation, whiten_observed=False)
     if mode == "fresh":
-        return latent_layout, "fresh"
+        return latent_layout, "fresh", 0.0
     size = sum(value.numel() for value in observation.values())
+    if mode == "marginal":
+        if marginal is not None:
+            raise ValueError(f"observation_noise='marginal' {marginal}")
+        try:
+            return latent_layout, "marginal", marginal_noise.noise_scale(trace, observation)
+        except marginal_noise.MarginalNoiseError as error:
+            raise ValueError(str(error)) from None
     if mode == "auto":
         too_large = size > AUTO_WHITEN_MAX_SIZE and not blocked
         if too_large or not _whitenable_observed(trace, observation):
-            return latent_layout, "fresh"
-    return build_layout(trace, observation, whiten_observed=True), "whitened"
+            return latent_layout, "fresh", 0.0
+    return build_layout(trace, observation, whiten_observed=True), "whitened", 0.0
+
+
+def _marginal_obstacle(
+    method: str, options: Mapping[str, Any], explicit: frozenset[str]
+) -> str | None:
+    """Why this run's noise cannot be integrated out of the kernel (None: it can, see
+    :mod:`probgraphics.inference.marginal_noise`), as the end of an error message."""
+    if method not in ("abc_mcmc", "abc_slice"):
+        return f"is for abc_mcmc and abc_slice; {method} draws the noise ('whitened' or 'fresh')."
+    if options["abc_kernel"] != "gaussian":
+        return (
+            "needs abc_kernel='gaussian' (the noise integrates out of a Gaussian kernel only); "
+            f"got {options['abc_kernel']!r}."
+        )
+    if not (options["summary"] is None or options["summary"] in ("identity", "pixel")):
+        return (
+            "needs the observation itself as the summary (summary=None, 'identity' or 'pixel'), "
+            f"got {summary_name(options['summary'])!r}; use 'whitened' or 'fresh' with it."
+        )
+    if "distance" in explicit and options["distance"] != "l2":
+        return (
+            "needs the plain L2 distance (one bandwidth for every element), got distance="
+            f"{distance_name(options['distance'])!r}; pass distance='l2' or leave it out."
+        )
+    return None
 
 
 def _move_program(program: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
@@ -612,7 +661,9 @@ def _abc_config(
         warmup=warmup,
         seed=_check_seed(options["seed"]),
         thin=_check_int("thin", options["thin"], 1),
-        epsilon=_check_epsilon(options["epsilon"]),
+        epsilon=_check_epsilon(
+            options["epsilon"], allow_zero=options["observation_noise"] == "marginal"
+        ),
         quantile=quantile,
         abc_kernel=_check_choice("abc_kernel", options["abc_kernel"], ABC_KERNELS),
         init="pilot",  # replaced by the caller once the layout is known
@@ -727,7 +778,9 @@ def _prepare_abc_method(
     if resume is not None:
         _take_checkpoint_settings(resume, options, explicit)
     noise_mode = _check_choice(
-        "observation_noise", options["observation_noise"], ("auto", "whitened", "fresh")
+        "observation_noise",
+        options["observation_noise"],
+        ("auto", "whitened", "fresh", "marginal"),
     )
     check_distance_spec(options["distance"])
     summary_spec = options["summary"]
@@ -743,7 +796,17 @@ def _prepare_abc_method(
     program, info, trace = _traced_program(program, device, observation)
     if config.blocks == () and len(_latent_sites(info.sample_sites, observation)) == 1:
         config = replace(config, blocks=None)  # one latent site: its block is the joint move
-    layout, resolved_mode = _build_layout(trace, observation, noise_mode, blocked=config.multi_move)
+    layout, resolved_mode, noise_scale = _build_layout(
+        trace,
+        observation,
+        noise_mode,
+        blocked=config.multi_move,
+        marginal=_marginal_obstacle(method, options, explicit),
+    )
+    if resolved_mode == "marginal":
+        # The bandwidth is one number for every element: the plain L2 distance.
+        options["distance"] = "l2"
+        config = replace(config, distance="l2", noise_scale=noise_scale)
     if config.multi_move:
         block_masks(layout, config.blocks or ())  # unknown or repeated sites fail before the pilot
     init = _resolve_guide_init(options, info, observation, config, resumed=resume is not None)
@@ -958,7 +1021,9 @@ def _run_abc_smc(program, observation, options, explicit) -> Posterior:
     summary_spec = options["summary"]
     _check_summary_spec(summary_spec)
     program, info, trace = _traced_program(program, device, observation)
-    layout, resolved_mode = _build_layout(trace, observation, noise_mode)
+    layout, resolved_mode, _ = _build_layout(
+        trace, observation, noise_mode, marginal="is for abc_mcmc and abc_slice."
+    )
     summary = resolve_summary(summary_spec, list(observation))
     settings = {
         "simulations": simulations,

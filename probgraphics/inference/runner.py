@@ -73,7 +73,7 @@ from typing import Any
 import torch
 
 from probgraphics.inference import checkpoint as checkpoint_io
-from probgraphics.inference import tempering
+from probgraphics.inference import marginal_noise, tempering
 from probgraphics.inference.distances import StandardizedL2, resolve_distance
 from probgraphics.inference.kernels import elliptical, elliptical_slice
 from probgraphics.inference.kernels.elliptical import GaussianReference
@@ -150,7 +150,9 @@ class RunConfig:
     """Validated settings of one ABC-MCMC run (``probgraphics.infer`` builds it).
 
     ``init`` is ``"pilot"``, ``"prior"`` or ``"given"`` (values passed to :func:`prepare`).
-    ``observation_noise`` is the resolved mode, ``"whitened"`` or ``"fresh"``.
+    ``observation_noise`` is the resolved mode, ``"whitened"``, ``"fresh"`` or ``"marginal"``;
+    with ``"marginal"``, ``noise_scale`` is the observation's sigma the kernels widen their
+    bandwidth by (:mod:`probgraphics.inference.marginal_noise`).
     """
 
     method: str
@@ -170,6 +172,7 @@ class RunConfig:
     device: str = "cpu"
     batch_size: int = 1024
     observation_noise: str = "fresh"
+    noise_scale: float = 0.0
     summary: str | None = None
     distance: str = "standardized_l2"
     progress: bool = False
@@ -444,6 +447,7 @@ def _make_simulator(
         device=torch.device(config.device),
         seed=simulator_seed,
         synchronize_timing=synchronize_timing,
+        observed_mean=config.observation_noise == "marginal",
     )
 
 
@@ -672,9 +676,12 @@ def _embed_reference(reference: GaussianReference, mask: torch.Tensor) -> Gaussi
 
 
 def _kernel_step(run: AbcRun, epsilon: float):
-    """One kernel step; returns ``(accepted, acceptance_probability, n_simulations, cap_hits)``."""
+    """One kernel step at tolerance ``epsilon``; returns ``(accepted, acceptance_probability,
+    n_simulations, cap_hits)``."""
     config = run.config
     simulate = run.simulator
+    # The kernels see the bandwidth: the tolerance itself, or widened by the noise it integrates.
+    epsilon = marginal_noise.bandwidth(epsilon, config.noise_scale)
     if config.multi_move:
         move = run.steps_done % run.n_moves
         if move == run.masks.shape[0]:
@@ -752,18 +759,20 @@ def _adapt_beta(run: AbcRun, acceptance_probability: torch.Tensor, epsilon_movin
 def _temper(run: AbcRun) -> None:
     """One adaptive-tempering update (see the module docstring): lower epsilon, resample."""
     config = run.config
+    sigma = config.noise_scale
     distance = run.state.distance
-    current = run.epsilon_current
+    # Tempering lowers the kernels' bandwidth (the tolerance widened by integrated noise, if any);
+    # it cannot go below the noise itself (tolerance 0: the exact posterior).
+    current = marginal_noise.bandwidth(run.epsilon_current, sigma)
     equal = torch.zeros(distance.shape[0], dtype=torch.float64, device=distance.device)
-    floor = TEMPERING_MIN_RATIO * current
+    floor = max(TEMPERING_MIN_RATIO * current, sigma)
     epsilon = tempering.next_epsilon(
         distance, equal, current, TEMPERING_ESS_FRACTION, config.abc_kernel, floor
     )
     # Chains outside the set (indicator kernel) must not raise it.
-    run.epsilon_current = min(float(epsilon), current)
-    log_weights = tempering.incremental_log_weights(
-        distance, run.epsilon_current, current, config.abc_kernel
-    )
+    lowered = max(min(float(epsilon), current), sigma)
+    run.epsilon_current = marginal_noise.tolerance(lowered, sigma)
+    log_weights = tempering.incremental_log_weights(distance, lowered, current, config.abc_kernel)
     if not bool(torch.isfinite(log_weights).any()):
         return  # no chain has a finite distance: nothing to weigh them by
     index = tempering.resample_indices(run.generator, log_weights)
@@ -830,13 +839,16 @@ def warmup(run: AbcRun, n_steps: int | None = None) -> AbcRun:
                 moving = run.warmup_done < anneal_steps
                 epsilon = run.epsilon_current if moving else run.epsilon_target
             else:
-                epsilon = epsilon_schedule(
+                # Annealed in bandwidth: with integrated noise the target tolerance may be 0.
+                sigma = config.noise_scale
+                bandwidth = epsilon_schedule(
                     run.warmup_done,
                     config.warmup,
-                    run.epsilon_start,
-                    run.epsilon_target,
+                    marginal_noise.bandwidth(run.epsilon_start, sigma),
+                    marginal_noise.bandwidth(run.epsilon_target, sigma),
                     config.anneal_fraction,
                 )
+                epsilon = marginal_noise.tolerance(bandwidth, sigma)
                 moving = run.warmup_done < anneal_steps and run.epsilon_start > run.epsilon_target
             accepted, acceptance_probability, _, _ = _kernel_step(run, epsilon)
             tempering = config.adaptive_epsilon and config.multi_move

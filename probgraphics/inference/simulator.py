@@ -54,6 +54,9 @@ class Simulator:
         seed: seeds the generator that seeds the program's own RNG on every call.
         synchronize_timing: on CUDA, synchronize before reading the clock so the simulate time is
             the device time (for benchmarks; it costs a host sync per call).
+        observed_mean: the observed sites take their distribution's mean (the noise-free
+            observation) instead of a draw: ``observation_noise="marginal"``, where the ABC kernel
+            integrates the noise out (:mod:`probgraphics.inference.marginal_noise`).
 
     Attributes:
         n_simulations: simulations run so far (a Python int; counted from tensor shapes).
@@ -71,11 +74,13 @@ class Simulator:
         device: torch.device,
         seed: int,
         synchronize_timing: bool = False,
+        observed_mean: bool = False,
     ) -> None:
         self.program = program
         self.layout = layout
         self.device = torch.device(device)
         self.observed_sites = list(observation)
+        self.mean_sites = tuple(self.observed_sites) if observed_mean else ()
         self.observation = {
             name: value.to(device=self.device) for name, value in observation.items()
         }
@@ -209,7 +214,12 @@ class Simulator:
         with self._fork(), torch.no_grad(), device_default, pyro.validation_enabled(False):
             self._seed_program_rng(seed)
             whitening = run_whitened(
-                self.program, self.layout, u, given=given, record=self.observed_sites
+                self.program,
+                self.layout,
+                u,
+                given=given,
+                record=self.observed_sites,
+                mean_sites=self.mean_sites,
             )
             missing = [name for name in self.observed_sites if name not in whitening.values]
             if missing:

@@ -376,6 +376,8 @@ class WhiteningMessenger(Messenger):
             of them (how chains start from user-given values).
         record: extra site names (e.g. observed sites sampled by the program) whose values to
             record in :attr:`values`.
+        mean_sites: observed site names that take their distribution's mean instead of a draw
+            (``observation_noise="marginal"``: the noise is integrated out by the ABC kernel).
 
     Attributes:
         values: site -> value for every whitened site and every recorded site.
@@ -388,17 +390,22 @@ class WhiteningMessenger(Messenger):
         u: torch.Tensor,
         given: Mapping[str, torch.Tensor] | None = None,
         record: Collection[str] = (),
+        mean_sites: Collection[str] = (),
     ) -> None:
         super().__init__()
         self.layout = layout
         self.u = u
         self.given = dict(given or {})
-        self.record = set(record)
+        self.record = set(record) | set(mean_sites)
+        self.mean_sites = set(mean_sites)
         self.values: dict[str, torch.Tensor] = {}
         self.u_out = u.clone() if self.given else u
         self._sites = {site.name: site for site in layout.sites}
 
     def _pyro_sample(self, msg: dict[str, Any]) -> None:
+        if msg["name"] in self.mean_sites and not msg["is_observed"] and msg["value"] is None:
+            msg["value"] = msg["fn"].mean
+            return
         site = self._sites.get(msg["name"])
         if site is None or msg["is_observed"] or msg["value"] is not None:
             return
@@ -433,13 +440,14 @@ def run_whitened(
     *,
     given: Mapping[str, torch.Tensor] | None = None,
     record: Collection[str] = (),
+    mean_sites: Collection[str] = (),
     plate_name: str = "chains",
 ) -> WhiteningMessenger:
     """Run ``program`` for ``u.shape[0]`` chains in one call under the whitening messenger.
 
     Returns the messenger, whose ``values`` and ``u_out`` hold the results.
     """
-    whitening = WhiteningMessenger(layout, u, given=given, record=record)
+    whitening = WhiteningMessenger(layout, u, given=given, record=record, mean_sites=mean_sites)
     with contextlib.ExitStack() as stack:
         stack.enter_context(whitening)
         stack.enter_context(pyro.plate(plate_name, u.shape[0], dim=-1))

@@ -44,11 +44,11 @@ def mcse(values: np.ndarray) -> float:
     return float(values.std()) / math.sqrt(float(az.ess(values, method="mean")))
 
 
-def check_against_target(posterior) -> None:
+def check_against_target(posterior, epsilon: float = EPSILON) -> None:
     a = posterior.samples["a"].double().numpy()  # (chains, draws, 2)
     b = posterior.samples["b"].double().numpy()[..., None]
     z = np.concatenate([a, b], axis=-1)
-    mean, covariance = (t.numpy() for t in analytic_posterior(EPSILON))
+    mean, covariance = (t.numpy() for t in analytic_posterior(epsilon))
     centred = z - mean
     for i in range(3):
         values = z[..., i]
@@ -81,6 +81,19 @@ def test_blocked_abc_mcmc_matches_the_exact_abc_target(options):
         steps = RUN["warmup"] + np.arange(RUN["draws"])
         accepted = posterior.sample_stats["accepted"].numpy()[:, steps % moves == moves - 1]
         assert accepted.mean() > 0.05
+
+
+@pytest.mark.parametrize("epsilon", [EPSILON, 0.0])
+def test_integrated_noise_targets_the_same_abc_posterior(epsilon):
+    # observation_noise="marginal" simulates the noise-free x and widens the kernel's bandwidth to
+    # sqrt(eps^2 + noise^2): the ABC target of fresh noise (noise variance noise^2 + eps^2), with
+    # no Monte Carlo noise in the kernel. A bandwidth of eps alone would give variance eps^2
+    # (0.09 or 0 against 0.34 or 0.25). At eps = 0 it is the exact posterior.
+    options = {**RUN, "epsilon": epsilon, "observation_noise": "marginal"}
+    posterior = pg.infer(program, {"x": OBSERVATION}, method="abc_mcmc", **options)
+    assert posterior.settings["observation_noise"] == "marginal"
+    assert posterior.settings["noise_scale"] == pytest.approx(0.5)
+    check_against_target(posterior, epsilon)
 
 
 class LinearGaussianGuide:
