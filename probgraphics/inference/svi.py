@@ -22,11 +22,21 @@ atomically; resuming from one continues exactly as if never interrupted, provide
 deterministic (a callable of the step, or an iterable that replays the same batches, e.g. one
 built from a seed: the first ``step`` batches are skipped on resume).
 
+**Data-parallel training.** Launched under ``torchrun --nproc_per_node N`` (or inside any
+initialized ``torch.distributed`` process group), :func:`train_guide` trains with
+``DistributedDataParallel``: every process takes the same global batch from ``batches``, keeps its
+own contiguous ``1/N`` share of the rows, and the modules' gradients are averaged over the
+processes, so a step equals a single-process step on the global batch (within float rounding; for
+deterministic losses, and up to the Monte Carlo draws of stochastic ones, which each process draws
+from its own stream). The process group uses gloo for CPU modules and NCCL for CUDA ones; rank 0
+alone shows progress and writes checkpoints.
+
 This module never imports ``probgraphics.nets``, ``programs`` or ``render``.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
 import os
@@ -43,7 +53,9 @@ import pyro
 import pyro.optim
 import pyro.poutine as poutine
 import torch
+import torch.distributed as dist
 from pyro.infer import ELBO, SVI, Trace_ELBO
+from pyro.infer.util import zero_grads
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
@@ -82,7 +94,10 @@ class TrainResult:
         run_time: seconds this call ran (``wall_time`` less the time of earlier runs).
         params: the Pyro parameters that are not module parameters (e.g. a mu-VAE's per-item
             azimuth parameters), name -> constrained value (detached), as training left them.
-        checkpoint: the training checkpoint written last, or ``None``.
+        checkpoint: the training checkpoint written last, or ``None``. In a data-parallel run
+            rank 0 writes it and every rank returns its path.
+        world_size: processes that trained together (1 unless data-parallel).
+        rank: this process's rank among them (0 unless data-parallel).
     """
 
     losses: tuple[float, ...]
@@ -92,6 +107,8 @@ class TrainResult:
     run_time: float = 0.0
     params: dict[str, torch.Tensor] = field(default_factory=dict)
     checkpoint: Path | None = None
+    world_size: int = 1
+    rank: int = 0
 
     @property
     def seconds_per_step(self) -> float:
@@ -532,6 +549,265 @@ def _first_device(modules: Mapping[str, nn.Module]) -> torch.device | None:
 
 
 # --------------------------------------------------------------------------------------------
+# Data-parallel training (torch.distributed)
+# --------------------------------------------------------------------------------------------
+
+
+class _TrainedModules(nn.Module):
+    """Every trained module under one parent, so one ``DistributedDataParallel`` averages all
+    their gradients. Its forward runs the step's loss, so the loss is computed inside DDP's
+    forward and its backward outside it, as DDP requires."""
+
+    def __init__(self, modules: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        # ModuleDict keys may not hold "." (user module names may).
+        self.trained = nn.ModuleDict({f"module_{i}": m for i, m in enumerate(modules.values())})
+
+    def forward(self, compute_loss: Callable[[], torch.Tensor]) -> torch.Tensor:
+        return compute_loss()
+
+
+def _destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """The seed of ``rank``: ``seed`` itself on rank 0 (a one-process run replays the plain
+    run), an independent stream on the others (below 2**32, as numpy's seeding requires)."""
+    if rank == 0:
+        return seed
+    state = np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint32)
+    return int(state[0])
+
+
+def _environment_world_size() -> int | None:
+    """``WORLD_SIZE`` as torchrun sets it, or None when this process was not launched so."""
+    text = os.environ.get("WORLD_SIZE", "")
+    return int(text) if text.isdigit() else None
+
+
+class _DataParallel:
+    """One data-parallel training run: the process group, the DDP wrapper, batch sharding,
+    the step and the agreement between ranks.
+
+    Every collective here is entered by every rank in the same order: each step the ranks agree
+    that all have a batch of one global size (one all-reduce), take a DDP forward/backward (the
+    gradient all-reduces), agree on the loss and on parameters DDP does not cover (one
+    all-reduce), and, with a callback, on stopping (one more).
+    """
+
+    def __init__(self, device: torch.device | None) -> None:
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.backend = str(dist.get_backend())
+        self.device = device or torch.device("cpu")
+        # NCCL reduces CUDA tensors only; gloo takes CPU ones.
+        self.collective_device = self.device if self.backend == "nccl" else torch.device("cpu")
+        self.ddp: nn.parallel.DistributedDataParallel | None = None
+        self._module_parameters: set[int] = set()
+
+    # ------------------------------------------------------------------ set-up
+
+    @classmethod
+    def open(cls, mode: bool | None, device: torch.device | None) -> _DataParallel | None:
+        """The run's data-parallel context, or None for a single-process run.
+
+        ``mode`` None: data-parallel inside an initialized process group, or when launched by
+        torchrun with ``WORLD_SIZE`` > 1: the group is then initialized here, kept for later
+        runs of the process (initializing a group again over torchrun's store after destroying
+        one can reach stale addresses), and destroyed at exit. True: the same, but a plain
+        launch is an error. False: single process.
+        """
+        if mode is False:
+            return None
+        available = dist.is_available()
+        initialized = available and dist.is_initialized()
+        launched = _environment_world_size()
+        if not initialized and (launched is None or (mode is None and launched <= 1)):
+            if mode:
+                raise RuntimeError(
+                    "distributed=True trains data-parallel, but no torch.distributed process "
+                    "group is initialized and this process was not launched by torchrun "
+                    "(WORLD_SIZE is not set); launch with `torchrun --nproc_per_node N "
+                    "script.py`, call torch.distributed.init_process_group first, or pass "
+                    "distributed=None."
+                )
+            return None
+        if not available:
+            raise RuntimeError(
+                "data-parallel training needs torch.distributed, which this torch build lacks; "
+                "pass distributed=False to train in one process."
+            )
+        if not initialized:
+            cls._check_launch(device)
+            if device is not None and device.type == "cuda":
+                torch.cuda.set_device(device)
+                dist.init_process_group("nccl", device_id=device)
+            else:
+                dist.init_process_group("gloo")
+            atexit.register(_destroy_process_group)
+        context = cls(device)
+        if context.backend == "nccl" and context.device.type != "cuda":
+            context.close()
+            raise ValueError(
+                "the process group uses NCCL, which reduces CUDA tensors only, but the trained "
+                f"modules are on {context.device}; move them to this rank's GPU, or initialize "
+                "the group with backend='gloo' for CPU training."
+            )
+        return context
+
+    @staticmethod
+    def _check_launch(device: torch.device | None) -> None:
+        """Under torchrun each rank must train on its own GPU (NCCL refuses two ranks on one)."""
+        if device is None or device.type != "cuda":
+            return
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index != local_rank:
+            raise ValueError(
+                f"this process has LOCAL_RANK {local_rank} but its modules are on cuda:{index}; "
+                f"each process trains on its own GPU: move the guide and modules to "
+                f"torch.device('cuda', int(os.environ['LOCAL_RANK'])) before train_guide."
+            )
+
+    def wrap(self, modules: Mapping[str, nn.Module]) -> None:
+        """Wrap the trained modules in DDP; this broadcasts rank 0's weights to every rank."""
+        parent = _TrainedModules(modules)
+        parameters = [p for p in parent.parameters() if p.requires_grad]
+        if not parameters:
+            raise ValueError(
+                "data-parallel training averages the gradients of nn.Module parameters, but the "
+                "guide, the program and modules= have none that require gradients; pass the "
+                "guide as an nn.Module (e.g. an EncoderGuide)."
+            )
+        self._module_parameters = {id(p) for p in parent.parameters()}
+        device_ids = [self.device] if self.device.type == "cuda" else None
+        # Losses may leave parameters unused (a program module under the sleep loss).
+        self.ddp = nn.parallel.DistributedDataParallel(
+            parent, device_ids=device_ids, find_unused_parameters=True
+        )
+
+    def close(self) -> None:
+        """Release the DDP wrapper (its reducer holds the group's communicators)."""
+        self.ddp = None
+
+    # ------------------------------------------------------------------ collectives
+
+    def _sum(self, values: list[float]) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.collective_device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor.cpu().tolist()
+
+    def gather(self, value: Any) -> list[Any]:
+        """``value`` of every rank, in rank order (on every rank)."""
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    # ------------------------------------------------------------------ steps
+
+    def shard(
+        self, batch: tuple[torch.Tensor | None, dict[str, Any]] | None, step: int
+    ) -> tuple[torch.Tensor | None, dict[str, Any]] | None:
+        """This rank's rows of the global batch (None when every rank's batches ran out)."""
+        if batch is None:
+            size = 0
+        else:
+            observation, extras = batch
+            size = int(observation.shape[0]) if observation is not None else extras["batch_size"]
+        have, total, squares = self._sum([float(batch is not None), size, size * size])
+        if have == 0:
+            return None
+        if have < self.world_size:
+            raise RuntimeError(
+                f"at step {step} the batches ran out on {self.world_size - int(have)} of "
+                f"{self.world_size} processes only; every process must get the same global "
+                "batches (build batches from a seed, not from the rank)."
+            )
+        if squares * self.world_size != total * total:
+            raise ValueError(
+                f"at step {step} the processes got global batches of different sizes (this one "
+                f"{size}); every process must get the same global batch, and train_guide keeps "
+                "each process's share of it."
+            )
+        if size % self.world_size:
+            raise ValueError(
+                f"the global batch of step {step} has {size} rows, which {self.world_size} "
+                f"processes cannot share equally; use a batch size divisible by "
+                f"{self.world_size}."
+            )
+        share = size // self.world_size
+        begin, end = self.rank * share, (self.rank + 1) * share
+        assert batch is not None
+        observation, extras = batch
+        if observation is None:
+            return None, {**extras, "batch_size": share}
+        return observation[begin:end], _shard_extras(extras, size, begin, end)
+
+    def step(
+        self,
+        compute_loss: Callable[[], torch.Tensor],
+        optim: pyro.optim.PyroOptim,
+        step: int,
+    ) -> float:
+        """One optimizer step on gradients averaged over the ranks; returns the global loss
+        (the mean of the ranks' per-observation losses)."""
+        assert self.ddp is not None
+        with poutine.trace(param_only=True) as capture:
+            loss = self.ddp(compute_loss)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise TypeError(
+                f"the loss must return a scalar tensor, got {type(loss).__name__}"
+                + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else "")
+            )
+        if loss.requires_grad:
+            loss.backward()
+        nodes = capture.trace.nodes
+        loose = sorted(
+            name
+            for name, site in nodes.items()
+            if id(site["value"].unconstrained()) not in self._module_parameters
+        )
+        total, loose_total = self._sum([float(loss.detach()), float(len(loose))])
+        if loose_total:
+            raise ValueError(
+                f"data-parallel training averages the gradients of nn.Module parameters only, "
+                f"but the Pyro parameters {loose or '(on other ranks)'} belong to no module; "
+                "make them nn.Parameters of a module passed in modules=..., or train in one "
+                "process (distributed=False)."
+            )
+        params = {site["value"].unconstrained() for site in nodes.values()}
+        optim(params)
+        zero_grads(params)
+        return total / self.world_size
+
+    def agree_to_stop(self, stop: bool) -> bool:
+        """True on every rank when the callback asked any rank to stop."""
+        (count,) = self._sum([float(stop)])
+        return count > 0
+
+    def agree(self, fine: bool) -> bool:
+        """True on every rank when every rank says ``fine``."""
+        (count,) = self._sum([float(fine)])
+        return count == self.world_size
+
+
+def _shard_extras(extras: Mapping[str, Any], size: int, begin: int, end: int) -> dict[str, Any]:
+    """Rows ``begin:end`` of every tensor in ``extras`` whose first dim is the batch's ``size``
+    (in nested dicts too, e.g. a sleep batch's ``latents``); other values as they are."""
+    out: dict[str, Any] = {}
+    for key, value in extras.items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == size:
+            out[key] = value[begin:end]
+        elif isinstance(value, Mapping):
+            out[key] = _shard_extras(value, size, begin, end)
+        else:
+            out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
 
@@ -556,6 +832,7 @@ def train_guide(
     resume: str | os.PathLike | None = None,
     seed: int | None = None,
     callback: Callable[[int, float], bool | None] | None = None,
+    distributed: bool | None = None,
 ) -> TrainResult:
     """Fit an amortized guide (and optionally model-side networks) with SVI.
 
@@ -593,7 +870,27 @@ def train_guide(
         seed: seeds torch, numpy and Python's generators at the start (not on resume). With a
             seed or a resume the caller's global random state is restored afterwards.
         callback: ``callback(step, loss)`` after every step; returning ``True`` stops training
-            (a checkpoint is written first).
+            (a checkpoint is written first). Data-parallel: called on every rank with the
+            global loss; any rank returning ``True`` stops all.
+        distributed: ``None`` (default): train data-parallel when this process runs in an
+            initialized ``torch.distributed`` process group, or was launched by ``torchrun``
+            with ``WORLD_SIZE`` > 1 (the group is then initialized here, gloo for CPU modules,
+            NCCL for CUDA ones, kept for later calls and destroyed at exit); otherwise in one
+            process. ``True``:
+            data-parallel, and an error without a group or torchrun. ``False``: one process.
+            Data-parallel, every rank must build the same program, guide and ``batches`` (the
+            global batches; each rank keeps rows ``rank * B/N : (rank + 1) * B/N`` of the
+            observation and of every batch tensor whose first dim is ``B``; an int batch size
+            ``B`` has each rank simulate ``B/N`` scenes), with ``B`` divisible by the number of
+            processes ``N``; the modules' weights start from rank 0's (DDP broadcasts them) and
+            their gradients are averaged, so a step equals a one-process step on the global
+            batch. Each rank draws its random numbers from its own stream (``seed`` on rank 0,
+            streams derived from it on the others), and batch-norm statistics are per rank, so
+            stochastic losses and batch-norm networks match a one-process run in distribution,
+            not draw for draw. Only rank 0 shows progress and writes checkpoints (holding every
+            rank's random state; resume with the same number of processes). Pyro parameters
+            outside any ``nn.Module`` are refused (their gradients would not be averaged). On
+            CUDA each rank's modules must be on its own GPU, ``cuda:LOCAL_RANK``.
 
     Returns:
         A :class:`TrainResult`. The guide's and modules' weights are trained in place.
@@ -617,6 +914,11 @@ def train_guide(
         raise TypeError(f"seed must be an int or None, got {seed!r}.")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, got {type(callback).__name__}.")
+    if distributed is not None and not isinstance(distributed, bool):
+        raise TypeError(
+            f"distributed must be None (data-parallel under torchrun), True or False, got "
+            f"{distributed!r}."
+        )
     modules = dict(modules or {})
     for name, module in modules.items():
         if not isinstance(module, nn.Module):
@@ -657,10 +959,51 @@ def train_guide(
     isolate = seed is not None or saved is not None
     caller_rng = _rng_state() if isolate else None
     store = pyro.get_param_store()
+    parallel = _DataParallel.open(distributed, device)
+    world_size = parallel.world_size if parallel is not None else 1
+    rank = parallel.rank if parallel is not None else 0
+    lead = rank == 0  # shows progress, warns and writes checkpoints
+    if parallel is not None:
+        settings["world_size"] = world_size
     run_start = time.perf_counter()
+
+    def write_checkpoint(step: int) -> Path | None:
+        """Rank 0 writes the checkpoint (every rank's random state gathered into it); every
+        rank returns once it is on disk, so any rank may read it next."""
+        elapsed = previous_time + time.perf_counter() - run_start
+        states = parallel.gather(_rng_state()) if parallel is not None else None
+        failure: BaseException | None = None
+        if lead:
+            payload = _payload(step, losses, elapsed, trainable, optim, settings, loss_fn)
+            payload["world_size"] = world_size
+            if states is not None:
+                payload["rng_by_rank"] = states
+            try:
+                _atomic_save(checkpoint_path, payload)
+            except Exception as error:  # re-raised below, once the other ranks know
+                failure = error
+        if parallel is not None and not parallel.agree(failure is None) and failure is None:
+            raise RuntimeError(
+                f"rank 0 could not write the checkpoint {str(checkpoint_path)!r}; see its error."
+            )
+        if failure is not None:
+            raise failure
+        return checkpoint_path
+
     try:
+        if (
+            parallel is not None
+            and is_elbo
+            and not callable(getattr(loss_fn, "differentiable_loss", None))
+        ):
+            raise ValueError(
+                f"data-parallel training computes the loss inside DDP's forward with "
+                f"{type(loss_fn).__name__}.differentiable_loss, which it does not implement; use "
+                "Trace_ELBO, TraceMeanField_ELBO or TraceEnum_ELBO, or distributed=False."
+            )
         with store.scope():
             if saved is not None:
+                _check_resume_world_size(saved, world_size, resume)
                 start_step, losses, previous_time = _restore(
                     saved,
                     trainable,
@@ -668,33 +1011,48 @@ def train_guide(
                     loss_fn,
                     lr=float(lr) if isinstance(optimizer, str) else None,
                 )
+                if parallel is not None:
+                    _set_rng_state(saved["rng_by_rank"][rank])
                 restorer: Messenger | None = _RestoreParams(
                     saved["params"], device or torch.device("cpu")
                 )
             else:
                 start_step, losses, previous_time, restorer = 0, [], 0.0, None
                 if seed is not None:
-                    pyro.set_rng_seed(seed)
+                    pyro.set_rng_seed(_rank_seed(seed, rank))
+            if parallel is not None:
+                parallel.wrap(trainable)
             svi = SVI(model_wrapper, guide_wrapper, optim, loss=loss_fn)
-            bar = _progress_bar(progress, steps, start_step, loss_name)
+            bar = _progress_bar(progress and lead, steps, start_step, loss_name)
             step = start_step
             last_written: Path | None = None
             try:
                 for step in range(start_step + 1, steps + 1):
                     batch = source.get(step - 1)
+                    if batch is not None and batch[0] is not None:
+                        batch = (_check_observation(batch[0], event_shape, step, device), batch[1])
+                    if parallel is not None:
+                        batch = parallel.shard(batch, step)
                     if batch is None:
-                        warnings.warn(
-                            f"batches ran out after {step - 1} steps of the {steps} asked for; "
-                            "training stopped there.",
-                            stacklevel=2,
-                        )
+                        if lead:
+                            warnings.warn(
+                                f"batches ran out after {step - 1} steps of the {steps} asked "
+                                "for; training stopped there.",
+                                stacklevel=2,
+                            )
                         step -= 1
                         break
                     observation, extras = batch
-                    if observation is not None:
-                        observation = _check_observation(observation, event_shape, step, device)
                     with restorer if restorer is not None else contextlib.nullcontext():
-                        if is_elbo:
+                        if parallel is not None:
+                            value = parallel.step(
+                                _loss_closure(
+                                    loss_fn, is_elbo, model_wrapper, guide_wrapper, batch
+                                ),
+                                optim,
+                                step,
+                            )
+                        elif is_elbo:
                             value = svi.step(observation)
                         else:
                             value = svi.step(observation, **extras)
@@ -710,28 +1068,24 @@ def train_guide(
                         if step % 10 == 0 or step == steps:
                             bar.set_postfix(loss=f"{value:.4g}")
                     stop = bool(callback(step, value)) if callback is not None else False
+                    if parallel is not None and callback is not None:
+                        stop = parallel.agree_to_stop(stop)
                     due = step % checkpoint_every == 0 or step == steps or stop
                     if checkpoint_path is not None and due:
-                        elapsed = previous_time + time.perf_counter() - run_start
-                        last_written = _atomic_save(
-                            checkpoint_path,
-                            _payload(step, losses, elapsed, trainable, optim, settings, loss_fn),
-                        )
+                        last_written = write_checkpoint(step)
                     if stop:
                         break
             finally:
                 if bar is not None:
                     bar.close()
             if checkpoint_path is not None and last_written is None and step > start_step:
-                elapsed = previous_time + time.perf_counter() - run_start
-                last_written = _atomic_save(
-                    checkpoint_path,
-                    _payload(step, losses, elapsed, trainable, optim, settings, loss_fn),
-                )
+                last_written = write_checkpoint(step)
             params = {
                 name: value.detach().clone() for name, value in store.items() if "$$$" not in name
             }
     finally:
+        if parallel is not None:
+            parallel.close()
         if caller_rng is not None:
             _set_rng_state(caller_rng)
     run_time = time.perf_counter() - run_start
@@ -743,7 +1097,40 @@ def train_guide(
         params=params,
         checkpoint=last_written,
         run_time=run_time,
+        world_size=world_size,
+        rank=rank,
     )
+
+
+def _loss_closure(
+    loss_fn: Any,
+    is_elbo: bool,
+    model: Callable,
+    guide: Callable,
+    batch: tuple[torch.Tensor | None, dict[str, Any]],
+) -> Callable[[], torch.Tensor]:
+    """The step's differentiable loss as a closure, for DDP's forward. SVI.step computes the
+    same: ``ELBO.loss_and_grads`` differentiates the surrogate ``differentiable_loss`` returns,
+    and a callable loss's tensor is differentiated as it is."""
+    observation, extras = batch
+
+    def compute() -> torch.Tensor:
+        if is_elbo:
+            return loss_fn.differentiable_loss(model, guide, observation)
+        return loss_fn(model, guide, observation, **extras)
+
+    return compute
+
+
+def _check_resume_world_size(saved: Mapping[str, Any], world_size: int, path: Any) -> None:
+    written_by = int(saved.get("world_size", 1))
+    if written_by != world_size:
+        launch = f"torchrun --nproc_per_node {written_by}" if written_by > 1 else "one process"
+        raise ValueError(
+            f"cannot resume from {str(path)!r}: it was written by a run of {written_by} "
+            f"process(es) and holds each one's random state, but this run has {world_size}; "
+            f"resume with {launch}."
+        )
 
 
 def _payload(
