@@ -326,7 +326,13 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"unknown method {method!r}")
         methods.append(method)
 
-    rows = []
+    rows: list[dict] = []
+    payload = {
+        "settings": vars(args),
+        "left_out": skipped,
+        "peer_bar_1e5_observation_1": PEER_BAR,
+        "rows": rows,
+    }
     for name in args.tasks:
         task = sbibm_task(name)
         for number in args.observations:
@@ -365,6 +371,8 @@ def main(argv: list[str] | None = None) -> dict:
                         samples=how,
                     )
                     rows.append(row)
+                    # Written after every row: a long run stopped midway keeps what it measured.
+                    write_json(args.out, {**payload, "rows": rows})
                     print(
                         f"{name:>15} obs {number} N={budget:>6} {method:>15}: c2st {score:.3f} "
                         f"sims {used} in {seconds:.1f}s ({row['sims_per_s']:.0f}/s) "
@@ -386,12 +394,6 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     print()
     print(format_table(rows, columns))
-    payload = {
-        "settings": vars(args),
-        "left_out": skipped,
-        "peer_bar_1e5_observation_1": PEER_BAR,
-        "rows": rows,
-    }
     path = write_json(args.out, payload)
     print(f"\nwrote {path}")
     return payload
