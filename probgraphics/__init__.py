@@ -24,14 +24,18 @@ from probgraphics.config import set_num_threads  # noqa: E402
 from probgraphics.inference.learned_summaries import semi_automatic_summary  # noqa: E402
 from probgraphics.inference.posterior import Posterior  # noqa: E402
 from probgraphics.inference.svi import TrainResult, train_guide  # noqa: E402
+from probgraphics.scale import ImagePosteriors, image_seeds, infer_many  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ImagePosteriors",
     "Posterior",
     "TrainResult",
     "__version__",
+    "image_seeds",
     "infer",
+    "infer_many",
     "programs",
     "semi_automatic_summary",
     "set_num_threads",
