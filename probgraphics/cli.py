@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import inspect
 import math
 import os
@@ -297,30 +298,20 @@ def _scalar_sites(samples: dict) -> list[str]:
     return [name for name, value in samples.items() if math.prod(value.shape[2:]) == 1]
 
 
-def _infer(args: argparse.Namespace) -> int:
-    """Load an image, infer a program's latents from it, write the posterior and a figure."""
-    import torch
+def _resolve_cli_device(text: str) -> Any:
+    from probgraphics.api import resolve_device
 
-    from probgraphics import programs
-    from probgraphics.api import infer, resolve_device
-    from probgraphics.config import set_num_threads
-    from probgraphics.imageio import SAMPLE_PHOTO_FACE_BOX, load_image
-
-    set_num_threads(args.threads)
-    image_path = _image_argument(args.image)
-    program_options = _parse_program_options(args.program_option)
-    crop_box = _parse_crop_box(args.crop_box)
-    if crop_box is None and args.crop is None and args.image == SAMPLE_PHOTO_ARGUMENT:
-        crop_box = SAMPLE_PHOTO_FACE_BOX
     try:
-        device = resolve_device(args.device)
+        return resolve_device(text)
     except RuntimeError as error:  # CUDA asked for but absent: the user's choice, not a failure
         raise UsageError(f"{error} (use --device cpu)") from None
-    out = _output_file(args.out, "--out")
-    figure = None
-    if not args.no_figure:
-        figure = _output_file(args.figure or str(out.with_suffix(".png")), "--figure")
 
+
+def _image_program(args: argparse.Namespace) -> tuple[Any, int, int]:
+    """``--program`` with its ``--program-option``s: ``(program, resolution, channels)``."""
+    from probgraphics import programs
+
+    program_options = _parse_program_options(args.program_option)
     try:
         program = programs.get(args.program, **program_options)
     except TypeError as error:
@@ -333,19 +324,17 @@ def _infer(args: argparse.Namespace) -> int:
             f"program {args.program!r} has no image resolution; `probgraphics infer` observes "
             "images, so use an image program (face, voxel, dcign)."
         )
-    channels = getattr(program, "channels", 1)
-    loaded = load_image(
-        image_path,
-        resolution=resolution,
-        channels=channels,
-        crop=args.crop or "center",
-        face_box=crop_box,
-    )
-    print(loaded.describe())
+    return program, resolution, getattr(program, "channels", 1)
 
+
+def _inference_options(
+    args: argparse.Namespace, program: Any, device: Any, image: Any
+) -> tuple[dict[str, Any], str]:
+    """The ``infer`` options the flags give (``seed`` and ``progress`` included), and a
+    description of the summary and guide; ``image`` ``(C, H, W)`` checks the summary fits."""
     summary, summary_text = _resolve_summary(args.summary)
     if callable(summary):
-        _check_summary_fits(summary, loaded.image, args.summary, "--program-option resolution=64")
+        _check_summary_fits(summary, image, args.summary, "--program-option resolution=64")
 
     options: dict[str, Any] = {
         "chains": args.chains,
@@ -372,15 +361,56 @@ def _infer(args: argparse.Namespace) -> int:
         summary_text += f", guide {args.guide} (start and proposals)"
         if not any(key in options for key in ("chains", "draws", "warmup", "simulations")):
             options["simulations"] = RECOMMENDED_SIMULATIONS
+    return options, summary_text
+
+
+def _describe_sizes(options: dict[str, Any]) -> str:
     sizes = ", ".join(
         f"{key} {value}"
         for key, value in options.items()
         if key in ("chains", "draws", "warmup", "simulations", "epsilon")
     )
+    return f", {sizes}" if sizes else " (method defaults)"
+
+
+def _infer(args: argparse.Namespace) -> int:
+    """Load an image, infer a program's latents from it, write the posterior and a figure; or,
+    for a folder, every image in it (:func:`_infer_folder`)."""
+    if args.image != SAMPLE_PHOTO_ARGUMENT and Path(args.image).is_dir():
+        return _infer_folder(args)
+    import torch
+
+    from probgraphics.api import infer
+    from probgraphics.config import set_num_threads
+    from probgraphics.imageio import SAMPLE_PHOTO_FACE_BOX, load_image
+
+    set_num_threads(args.threads)
+    image_path = _image_argument(args.image)
+    _reject_folder_flags(args, "an image file")
+    crop_box = _parse_crop_box(args.crop_box)
+    if crop_box is None and args.crop is None and args.image == SAMPLE_PHOTO_ARGUMENT:
+        crop_box = SAMPLE_PHOTO_FACE_BOX
+    device = _resolve_cli_device(args.device)
+    out = _output_file(args.out or "posterior.nc", "--out")
+    figure = None
+    if not args.no_figure:
+        figure = _output_file(args.figure or str(out.with_suffix(".png")), "--figure")
+
+    program, resolution, channels = _image_program(args)
+    loaded = load_image(
+        image_path,
+        resolution=resolution,
+        channels=channels,
+        crop=args.crop or "center",
+        face_box=crop_box,
+    )
+    print(loaded.describe())
+
+    options, summary_text = _inference_options(args, program, device, loaded.image)
     print(f"program: {program!r}")
     print(
         f"inferring with {args.method}, {summary_text}, seed {args.seed}, device {device}"
-        + (f", {sizes}" if sizes else " (method defaults)")
+        + _describe_sizes(options)
     )
     posterior = infer(program, loaded.image, method=args.method, **options)
 
@@ -415,6 +445,182 @@ def _infer(args: argparse.Namespace) -> int:
         written.append(str(figure))
     print("wrote " + " and ".join(written))
     return 0
+
+
+#: The files ``probgraphics infer FOLDER`` reads (suffixes, any case).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _reject_folder_flags(args: argparse.Namespace, what: str) -> None:
+    given = [
+        flag
+        for flag, value in (
+            ("--workers", args.workers),
+            ("--scheduler", args.scheduler),
+            ("--chunk-size", args.chunk_size),
+        )
+        if value is not None
+    ]
+    if given:
+        raise UsageError(
+            f"{', '.join(given)} apply to a folder of images (one Dask task per image), but IMAGE "
+            f"is {what}; pass a folder, or drop them."
+        )
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    files = sorted(
+        path
+        for path in folder.iterdir()
+        if path.is_file()
+        and path.suffix.lower() in IMAGE_SUFFIXES
+        and not path.name.startswith(".")
+    )
+    if not files:
+        raise UsageError(
+            f"the folder {str(folder)!r} holds no {'/'.join(IMAGE_SUFFIXES)} images; put the "
+            "images to infer in it, or pass one image file."
+        )
+    return files
+
+
+def _image_names(files: list[Path]) -> dict[str, Path]:
+    """Name -> file: the file's stem, or its whole name where two files share a stem."""
+    stems = [path.stem for path in files]
+    return {(path.stem if stems.count(path.stem) == 1 else path.name): path for path in files}
+
+
+def _output_folder(text: str | None) -> Path:
+    if text is None:
+        raise UsageError(
+            "a folder of images needs --out FOLDER: one posterior NetCDF file per image is "
+            "written there, with a manifest infer_many.json."
+        )
+    folder = Path(text)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(
+            f"--out {text!r} is a file; for a folder of images give a folder (one posterior "
+            "file per image goes in it)."
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create the --out folder {text!r}: {error}") from None
+    return folder
+
+
+def _load_pixels(path: Path, **options: Any) -> Any:
+    """The observation ``load_image`` makes of ``path``: ``(channels, R, R)`` float32."""
+    from probgraphics.imageio import load_image
+
+    return load_image(path, **options).image
+
+
+def _infer_folder(args: argparse.Namespace) -> int:
+    """Infer every PNG/JPEG image of a folder, one Dask task per image (or chunk), on a local
+    cluster or ``--scheduler``'s; write one posterior per image into ``--out``."""
+    from probgraphics.scale import MANIFEST_NAME, infer_many
+
+    folder = Path(args.image)
+    if args.figure is not None:
+        raise UsageError(
+            "--figure is for one image; a folder of images writes no figures (plot a "
+            "posterior file with probgraphics.plots)."
+        )
+    for flag, value in (("--workers", args.workers), ("--chunk-size", args.chunk_size)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}.")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}.")
+    if args.workers is not None and args.scheduler is not None:
+        raise UsageError(
+            "--workers sizes the local cluster, but --scheduler runs on an existing one; "
+            "give one of them."
+        )
+    files = _image_names(_folder_images(folder))
+    out = _output_folder(args.out)
+    crop_box = _parse_crop_box(args.crop_box)
+    device = _resolve_cli_device(args.device)
+    program, resolution, channels = _image_program(args)
+
+    # Each file is loaded when infer_many submits it; a file that does not load fails alone (and
+    # every image keeps its place, so its seed, whichever others load).
+    images = {
+        name: functools.partial(
+            _load_pixels,
+            path,
+            resolution=resolution,
+            channels=channels,
+            crop=args.crop or "center",
+            face_box=crop_box,
+        )
+        for name, path in files.items()
+    }
+    first = None
+    for loader in images.values():
+        try:
+            first = loader()
+            break
+        except (OSError, ValueError, TypeError):
+            continue
+    if first is None:
+        raise UsageError(
+            f"none of the {len(files)} images in {str(folder)!r} can be read; check the files."
+        )
+
+    options, summary_text = _inference_options(args, program, device, first)
+    options.pop("progress", None)
+    seed = options.pop("seed")
+    client = None
+    where = f"a local cluster of {args.workers or 'one worker per core'}"
+    if args.scheduler is not None:
+        from distributed import Client
+
+        try:
+            client = Client(args.scheduler, timeout=30)
+        except (OSError, TimeoutError, ValueError) as error:
+            raise UsageError(
+                f"cannot reach the Dask scheduler at --scheduler {args.scheduler!r}: {error}"
+            ) from None
+        where = f"the Dask scheduler at {args.scheduler}"
+    print(f"program: {program!r}")
+    print(
+        f"inferring {len(images)} images with {args.method}, {summary_text}, seed {seed} (each "
+        f"image's seed derived from it), device {device}{_describe_sizes(options)}, on {where}"
+    )
+    try:
+        result = infer_many(
+            program,
+            images,
+            args.method,
+            client=client,
+            seed=seed,
+            out=out,
+            chunk_size=args.chunk_size or 1,
+            workers=args.workers,
+            threads_per_task=args.threads or 1,
+            progress=not args.quiet,
+            **options,
+        )
+    finally:
+        if client is not None:
+            client.close()
+    for name in result.names:
+        if name in result.posteriors:
+            posterior = result.posteriors[name]
+            print(
+                f"{name}: {posterior.n_simulations} simulations in {posterior.wall_time:.1f}s "
+                f"-> {result.paths[name]}"
+            )
+        else:
+            print(f"{name}: failed: {result.failures[name]}", file=sys.stderr)
+    failed = len(result.failures)
+    print(
+        f"wrote {len(result.posteriors)} posteriors and {out / MANIFEST_NAME} in "
+        f"{result.wall_time:.1f}s on {result.workers} worker(s)"
+        + (f"; {failed} of {len(files)} images failed" if failed else "")
+    )
+    return 1 if failed else 0
 
 
 def _posterior_figure(program, posterior, loaded, scalars: list[str], *, title: str):
@@ -711,19 +917,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     infer = sub.add_parser(
         "infer",
-        help="infer a scene program's latents from a PNG/JPEG image",
+        help="infer a scene program's latents from a PNG/JPEG image, or a folder of them",
         description="Load IMAGE (PNG/JPEG; converted to the program's channels, cropped to a "
         "square and resized to the program's resolution, each choice printed), infer the "
         "program's latents with ABC, print the ArviZ summary of the scalar sites, and write the "
         "posterior (NetCDF, --out) and a figure of the image beside posterior renders and "
-        "histograms (--figure).",
+        "histograms (--figure).\n\n"
+        "IMAGE may be a folder: every PNG/JPEG in it is inferred, one Dask task per image, on a "
+        "local cluster of one single-threaded worker per core (--workers) or on a running Dask "
+        "scheduler (--scheduler); --out is then a folder that gets NAME.nc per image (written "
+        "atomically as each completes) and a manifest infer_many.json. Each image's seed is "
+        "derived from --seed, so the results equal inferring the images one by one. An image "
+        "that fails is reported and the others complete (exit code 1 if any failed).",
         epilog="IMAGE may be the word 'sample-photo': a face photograph that ships with "
         "matplotlib (grace_hopper.jpg), cropped by default to a box around the face.\n\n"
-        "example:\n  probgraphics infer sample-photo --program face --method abc_mcmc "
-        "--summary dcign-face-64 --out posterior.nc",
+        "examples:\n  probgraphics infer sample-photo --program face --method abc_mcmc "
+        "--summary dcign-face-64 --out posterior.nc\n"
+        "  probgraphics infer photos/ --out posteriors/ --workers 2",
     )
     infer.add_argument(
-        "image", metavar="IMAGE", help=f"PNG/JPEG file, or '{SAMPLE_PHOTO_ARGUMENT}'"
+        "image",
+        metavar="IMAGE",
+        help=f"PNG/JPEG file, '{SAMPLE_PHOTO_ARGUMENT}', or a folder of images",
     )
     infer.add_argument(
         "--program", default="face", help="registered scene program (default: %(default)s)"
@@ -783,8 +998,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     infer.add_argument(
         "--out",
-        default="posterior.nc",
-        help="posterior NetCDF file, written atomically (default: %(default)s)",
+        help="posterior NetCDF file, written atomically (default: posterior.nc); for a folder "
+        "of images, the output folder (required)",
     )
     infer.add_argument("--figure", help="figure file (default: --out with suffix .png)")
     infer.add_argument("--no-figure", action="store_true", help="write no figure")
@@ -798,6 +1013,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--crop-box",
         metavar="TOP,LEFT,HEIGHT,WIDTH",
         help="crop this box of the image (pixels) instead",
+    )
+    infer.add_argument(
+        "--workers",
+        type=int,
+        help="folder of images: worker processes of the local Dask cluster (default: one per core)",
+    )
+    infer.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="folder of images: run on this Dask scheduler (e.g. tcp://host:8786) instead of a "
+        "local cluster",
+    )
+    infer.add_argument(
+        "--chunk-size",
+        type=int,
+        help="folder of images: images per Dask task (default: 1)",
     )
     _add_common(infer)
     infer.set_defaults(run=_infer)

@@ -26,6 +26,7 @@ Dask task, on a machine's cores or on any Dask cluster.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -481,7 +482,9 @@ def infer_many(
         images: a tensor ``(N, C, H, W)`` of images; a list of observations, each a tensor
             ``(C, H, W)`` for the ``"image"`` site or a dict site -> tensor; or a dict name ->
             observation (names become the files' names and the ``image`` coordinate; default
-            ``image_0``, ``image_1``, ... zero-padded).
+            ``image_0``, ``image_1``, ... zero-padded). An observation may also be a callable
+            with no arguments that returns one (e.g. a file loader): it is called on the client
+            when the images are submitted, and its error fails that image alone.
         method: the inference method, as for ``infer``.
         client: a ``dask.distributed.Client`` to run on (a LocalCluster's, a scheduler's
             address, dask-jobqueue, dask-cuda, ...). None: start a ``LocalCluster`` of
@@ -554,17 +557,20 @@ def infer_many(
         for index, ((name, observation), image_seed) in enumerate(zip(named, seeds))
     ]
     run = _Run(names, folder)
-    # Refused on the client already: the same check infer makes first, so the same message.
+    # Loaded, and refused on the client already: the check infer makes first, so its message.
     from probgraphics.api import normalize_observation
 
     submitted = []
     for task in tasks:
+        observation = task.observation
         try:
-            normalize_observation(task.observation)
-        except (TypeError, ValueError) as error:
+            if callable(observation) and not isinstance(observation, (torch.Tensor, Mapping)):
+                observation = observation()
+            normalize_observation(observation)
+        except Exception as error:  # a loader's or the check's error fails this image alone
             run.fail(task.index, _error_text(error))
         else:
-            submitted.append(task)
+            submitted.append(dataclasses.replace(task, observation=observation))
 
     result_workers = 0
     with contextlib.ExitStack() as stack:
