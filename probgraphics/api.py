@@ -155,7 +155,11 @@ def infer(program: Callable[[], Any], observation: Any, method: str = "abc_mcmc"
             the observation as summary and the L2 distance; ``epsilon=0`` is then the exact
             posterior),
             ``anneal_fraction``, ``precondition`` (True: centre the moves on a Gaussian fitted
-            to the chains during warm-up; False: the paper's plain moves); ``abc_mcmc`` adds
+            to the chains during warm-up; False: the paper's plain moves), ``simulations``
+            (a hard budget, pilot included: chains, warm-up and draws not given are derived
+            from it, with many chains a step for observations of at most 256 elements, whose
+            simulators are cheap; abc_slice plans on about 3 simulations a chain a step and
+            stops its shrinking rounds where the budget ends); ``abc_mcmc`` adds
             ``target_acceptance``, ``abc_slice`` adds ``max_shrinks``. ``init="guide"`` with
             ``guide=`` a trained guide (an ``EncoderGuide``) starts the chains from independent
             draws of the guide's q(z | observation) (seed 000's coarse-to-fine; latents the
@@ -719,25 +723,36 @@ def _check_blocks(blocks: Any) -> tuple[tuple[str, ...], ...] | None:
 SIMULATIONS_PER_CHAIN = 800
 #: ... to this range.
 BUDGET_CHAINS = (8, 64)
+#: Observations of at most :data:`AUTO_WHITEN_MAX_SIZE` elements (a simulator's summary, not an
+#: image) come from cheap simulators, whose steps cost the engine's fixed per-call time more than
+#: simulating: ``N // CHEAP_SIMULATIONS_PER_CHAIN`` chains in :data:`CHEAP_BUDGET_CHAINS`, so one
+#: step simulates many (sbibm's gaussian_linear at 1e5: 1,000 chains, 96 steps, against 64 chains
+#: and 1,500 steps; benchmarks/engine_throughput.py).
+CHEAP_SIMULATIONS_PER_CHAIN = 100
+CHEAP_BUDGET_CHAINS = (8, 1024)
+#: abc_slice under ``simulations=N`` plans its steps on this many simulations a chain a step
+#: (its shrinking rounds; measured: about 3 on the face and the toy programs once epsilon
+#: settles), and stops the rounds where the budget ends.
+SLICE_SIMULATIONS_PER_STEP = 3
 
 
-def _apply_budget(method: str, options: dict[str, Any], explicit: frozenset[str]) -> None:
+def _apply_budget(
+    method: str, options: dict[str, Any], explicit: frozenset[str], observation_size: int
+) -> None:
     """``simulations=N``: derive chains, pilot, warm-up and draws (those not given) so the run
-    spends at most ``N`` simulations, pilot and start included; reject a budget that cannot."""
+    spends at most ``N`` simulations, pilot and start included; reject a budget that cannot.
+    ``observation_size``: elements in the observation (small: a cheap simulator, more chains)."""
     budget = options["simulations"]
     if budget is None:
         return
     budget = _check_int("simulations", budget, 1)
     options["simulations"] = budget
-    if method != "abc_mcmc":
-        raise ValueError(
-            f"simulations= caps {method} only once its shrinking loop can stop mid-step; use "
-            "method='abc_mcmc', 'abc_smc' or 'abc_rejection' for a hard budget, or give "
-            "chains, warmup and draws."
-        )
     if "chains" not in explicit:
-        low, high = BUDGET_CHAINS
-        options["chains"] = min(high, max(low, budget // SIMULATIONS_PER_CHAIN))
+        if observation_size <= AUTO_WHITEN_MAX_SIZE:
+            (low, high), per_chain = CHEAP_BUDGET_CHAINS, CHEAP_SIMULATIONS_PER_CHAIN
+        else:
+            (low, high), per_chain = BUDGET_CHAINS, SIMULATIONS_PER_CHAIN
+        options["chains"] = min(high, max(low, budget // per_chain))
     chains = _check_int("chains", options["chains"], 1)
     pilot = options["pilot_size"]
     if pilot is None:
@@ -747,7 +762,10 @@ def _apply_budget(method: str, options: dict[str, Any], explicit: frozenset[str]
     init = options["init"]
     starting = 0 if isinstance(init, str) and init == "pilot" else chains
     thin = _check_int("thin", options["thin"], 1)
-    steps = (budget - pilot - starting) // chains
+    # abc_slice's steps cost a varying number of simulations: plan on the typical count, and the
+    # run stops its shrinking rounds where the budget ends (runner._kernel_step).
+    per_step = SLICE_SIMULATIONS_PER_STEP if method == "abc_slice" else 1
+    steps = (budget - pilot - starting) // (chains * per_step)
     if pilot > budget or steps < 2:
         raise ValueError(
             f"simulations={budget} cannot pay for the pilot ({pilot}), the {chains} chains' "
@@ -757,12 +775,12 @@ def _apply_budget(method: str, options: dict[str, Any], explicit: frozenset[str]
     given = {name: options[name] for name in ("warmup", "draws") if name in explicit}
     warmup = given.get("warmup", steps // 2)
     draws = given.get("draws", max(1, (steps - warmup) // thin))
-    needed = pilot + starting + chains * (warmup + draws * thin)
+    needed = pilot + starting + chains * (warmup + draws * thin)  # at least one a chain a step
     if needed > budget:
         raise ValueError(
-            f"warmup={warmup} and draws={draws} with {chains} chains need {needed} simulations "
-            f"(pilot and start included), more than simulations={budget}; leave warmup and "
-            "draws out to have them derived from the budget."
+            f"warmup={warmup} and draws={draws} with {chains} chains need at least {needed} "
+            f"simulations (pilot and start included), more than simulations={budget}; leave "
+            "warmup and draws out to have them derived from the budget."
         )
     options["warmup"], options["draws"] = warmup, draws
 
@@ -790,7 +808,8 @@ def _prepare_abc_method(
     if method == "abc_mcmc" and options["guide"] is not None and "init" not in explicit:
         options["init"] = "guide"  # the recommended call: start from the guide, propose from it
     if resume is None:  # a checkpoint holds the sizes its budget gave
-        _apply_budget(method, options, explicit)
+        size = sum(value.numel() for value in observation.values())
+        _apply_budget(method, options, explicit, size)
     config = _abc_config(method, options, noise_mode, summary_spec)
     device = torch.device(config.device)
     program, info, trace = _traced_program(program, device, observation)

@@ -113,6 +113,8 @@ def whiten(fn: Any, u: torch.Tensor) -> torch.Tensor:
     if isinstance(fn, Normal):
         return fn.loc + fn.scale * u
     if isinstance(fn, MultivariateNormal):
+        if fn.scale_tril.dim() == 2:  # one matrix for every row: one matmul, not B small ones
+            return fn.loc + u @ fn.scale_tril.T
         return fn.loc + (fn.scale_tril @ u.unsqueeze(-1)).squeeze(-1)
     if isinstance(fn, Uniform):
         # No clamp needed: Phi(u) in [0, 1] maps into [low, high].

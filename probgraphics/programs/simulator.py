@@ -62,6 +62,7 @@ import torch
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch.distributions import Distribution
 
+from probgraphics.inference.simulator import DirectSimulation
 from probgraphics.inference.whitening import WhiteningError, build_layout, trace_program
 
 __all__ = [
@@ -270,6 +271,12 @@ class SimulatorProgram:
         x = self.run(flat).reshape(*batch_shape, -1)
         return pyro.sample(self.observed, dist.Delta(x, event_dim=1))
 
+    def direct_simulation(self) -> DirectSimulation:
+        """The program as a prior and :meth:`run`, for ABC to call without Pyro's tracing (the
+        same values and random numbers as running the program; see
+        :mod:`probgraphics.inference.simulator`)."""
+        return DirectSimulation(self.parameters, self.prior, self.observed, self.run)
+
     def run(self, theta: torch.Tensor) -> torch.Tensor:
         """Simulate parameter sets ``theta`` ``(B, D)``: the checked output ``(B, K)``.
 
@@ -368,6 +375,11 @@ class SimulatorProgram:
 
     def _failures(self, theta: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         """Mark rows with NaN/inf as failed: all-NaN (reject) or an error (raise)."""
+        # The common case first: NaN and inf reach the total (a finite output's total can only
+        # overflow to inf, which falls through to the exact check). One reduction over the whole
+        # batch instead of one per row: a tenth of a cheap simulator's step at 1,000 chains.
+        if bool(torch.isfinite(output.sum())):
+            return output
         bad = ~torch.isfinite(output).all(dim=-1)
         count = int(bad.sum())
         if count == 0:

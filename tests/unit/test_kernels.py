@@ -284,6 +284,32 @@ def test_elliptical_slice_cap_keeps_the_state_and_is_counted():
     assert torch.equal(new.u, state.u) and torch.equal(new.distance, state.distance)
 
 
+def test_elliptical_slice_stops_its_rounds_at_max_simulations():
+    state = starting_state(elliptical_slice)
+    chains = state.u.shape[0]
+    epsilon = 0.5 * float(state.distance.median())
+    noise = elliptical_slice.draw_noise(torch.Generator().manual_seed(3), state, 10)
+    free, free_info = elliptical_slice.step_with_noise(state, simulate, epsilon, "gaussian", noise)
+    assert int(free_info.n_simulations.sum()) > chains + 2  # some chains shrink
+    limit = int(free_info.n_simulations.sum()) - 1
+    capped, info = elliptical_slice.step_with_noise(
+        state, simulate, epsilon, "gaussian", noise, max_simulations=limit
+    )
+    assert int(info.n_simulations.sum()) <= limit
+    # Up to the round that would exceed the limit, the same as without it; the chains still
+    # shrinking then keep their state and count as cap hits.
+    moved = ~info.cap_hit
+    assert bool(info.cap_hit.any())
+    assert torch.equal(capped.u[moved], free.u[moved])
+    assert torch.equal(capped.u[info.cap_hit], state.u[info.cap_hit])
+    # Nothing left: every chain keeps its state, no simulation.
+    none, info = elliptical_slice.step_with_noise(
+        state, simulate, epsilon, "gaussian", noise, max_simulations=chains - 1
+    )
+    assert int(info.n_simulations.sum()) == 0 and bool(info.cap_hit.all())
+    assert torch.equal(none.u, state.u)
+
+
 def test_elliptical_slice_is_deterministic_given_the_generator():
     state = starting_state(elliptical_slice)
 

@@ -10,8 +10,10 @@ The log-likelihood in the whitened space is the ABC kernel, ``log L(u) = -rho(u)
 
 The shrinking loop is batched: every round simulates, in one call, the chains that are still
 shrinking (finished chains keep their state), for at most ``max_shrinks`` rounds; a chain that
-reaches the cap keeps its current state, and ``info.cap_hit`` counts it. As in the elliptical
-kernel, a chain outside the indicator kernel's set accepts any point no farther than where it is.
+reaches the cap keeps its current state, and ``info.cap_hit`` counts it. ``max_simulations``
+(a hard budget's remainder) stops the rounds before one would exceed it, with the same rule. As
+in the elliptical kernel, a chain outside the indicator kernel's set accepts any point no farther
+than where it is.
 
 With a reference Gaussian ``N(m, S)`` (fitted during warm-up by the run loop, then frozen), this
 is generalized elliptical slice sampling (Nishihara, Murray & Adams 2014): the ellipse is
@@ -137,6 +139,7 @@ def step_with_noise(
     abc_kernel: str,
     noise: EllipticalSliceNoise,
     reference: GaussianReference | None = None,
+    max_simulations: int | None = None,
 ) -> tuple[EllipticalSliceState, EllipticalSliceInfo]:
     """One elliptical slice step for all chains with the given random numbers.
 
@@ -173,10 +176,14 @@ def step_with_noise(
     accepted_theta = torch.zeros_like(theta)
     n_simulations = torch.zeros(chains, dtype=torch.int64, device=u.device)
     new_u, new_values, new_distance = u.clone(), values.clone(), distance.clone()
+    spent = 0
     for round_index in range(max_shrinks):
         index = active.nonzero().squeeze(-1)
         if index.numel() == 0:  # the one host read per round: are any chains still shrinking?
             break
+        if max_simulations is not None and spent + index.numel() > max_simulations:
+            break  # the budget is spent: the chains still shrinking keep their state
+        spent += index.numel()
         angle = theta[index].unsqueeze(-1)
         cosine, sine = torch.cos(angle), torch.sin(angle)
         if centre is None:
@@ -219,6 +226,7 @@ def step(
     abc_kernel: str = "gaussian",
     max_shrinks: int = DEFAULT_MAX_SHRINKS,
     reference: GaussianReference | None = None,
+    max_simulations: int | None = None,
 ) -> tuple[EllipticalSliceState, EllipticalSliceInfo]:
     """One elliptical slice sampling step on the ABC kernel for all chains.
 
@@ -232,9 +240,11 @@ def step(
         max_shrinks: cap on shrink rounds (simulations) per chain and step.
         reference: optional reference Gaussian (None: ``N(0, I)``, plain elliptical slice
             sampling).
+        max_simulations: at most this many simulations this step (None: no limit); the chains
+            a round would exceed it for keep their state (counted as cap hits).
 
     Returns:
         ``(new_state, info)``.
     """
     noise = draw_noise(generator, state, max_shrinks)
-    return step_with_noise(state, simulate, epsilon, abc_kernel, noise, reference)
+    return step_with_noise(state, simulate, epsilon, abc_kernel, noise, reference, max_simulations)
