@@ -10,6 +10,7 @@ order; its ``epsilon`` is the largest kept distance (the implied indicator-kerne
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -125,6 +126,22 @@ def run_rejection(
         if bar is not None:
             bar.close()
     distance_kept, values_kept, index_kept = best
+    # Failed simulations (NaN distance) rank last but are never kept: fewer than asked, if so.
+    finite = torch.isfinite(distance_kept)
+    if not bool(finite.all()):
+        count = int(finite.sum())
+        if count == 0:
+            raise ValueError(
+                f"none of the {simulations} simulations produced a finite distance; check the "
+                "program and summary (failed simulations give NaN), or the prior's range."
+            )
+        warnings.warn(
+            f"abc_rejection keeps {count} simulations, not {kept}: the others of the best "
+            f"{kept} failed (non-finite distance). Lower keep_fraction, or raise simulations.",
+            stacklevel=2,
+        )
+        distance_kept, values_kept = distance_kept[finite], values_kept[finite]
+        index_kept, kept = index_kept[finite], count
     order = torch.argsort(index_kept)
     distance_kept, values_kept = distance_kept[order].cpu(), values_kept[order].cpu()
     epsilon = distance_kept.max()

@@ -152,7 +152,9 @@ class MoveInfo(NamedTuple):
 
 def init(u: torch.Tensor, values: torch.Tensor, distance: torch.Tensor) -> SMCState:
     """Equal-weight particles at ``u`` ``(P, D)`` (prior draws) with their simulations' ``values``
-    ``(P, V)`` and ``distance`` ``(P,)``; the tolerance is ``inf`` (the prior)."""
+    ``(P, V)`` and ``distance`` ``(P,)``; the tolerance is ``inf`` (the prior). A failed
+    simulation (non-finite distance) has zero ABC kernel at every tolerance: its particle starts
+    dead (weight 0), so no resampling ever picks it."""
     if u.dim() != 2 or values.dim() != 2 or distance.dim() != 1:
         raise ValueError(
             "init expects u (P, D), values (P, V) and distance (P,), got "
@@ -163,7 +165,8 @@ def init(u: torch.Tensor, values: torch.Tensor, distance: torch.Tensor) -> SMCSt
             f"u, values and distance must share the particle dimension, got {u.shape[0]}, "
             f"{values.shape[0]}, {distance.shape[0]}"
         )
-    log_weight = torch.zeros(u.shape[0], dtype=torch.float64, device=u.device)
+    alive = torch.isfinite(distance)
+    log_weight = torch.where(alive, 0.0, -math.inf).to(torch.float64)
     epsilon = torch.tensor(math.inf, dtype=torch.float64, device=u.device)
     return SMCState(u, values, distance, log_weight, epsilon)
 

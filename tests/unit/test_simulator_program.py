@@ -206,25 +206,8 @@ def _failing_program() -> SimulatorProgram:
 ENGINES = [
     ("abc_mcmc", {"simulations": 12_000}),
     ("abc_slice", {"chains": 16, "warmup": 60, "draws": 60, "pilot_size": 500}),
-    pytest.param(
-        "abc_smc",
-        {"simulations": 12_000},
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="smc.init gives failed (NaN-distance) prior particles weight 1: with half "
-            "the prior failing the first alpha-quantile is inf, the schedule stalls at round 0 "
-            "and the final resampling returns the prior population, failures included",
-        ),
-    ),
-    pytest.param(
-        "abc_rejection",
-        {"simulations": 4000, "keep_fraction": 0.7},
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="run_rejection ranks NaN distances last but still keeps them when "
-            "keep_fraction exceeds the fraction of finite simulations",
-        ),
-    ),
+    ("abc_smc", {"simulations": 12_000}),
+    ("abc_rejection", {"simulations": 4000, "keep_fraction": 0.3}),
 ]
 
 
@@ -247,6 +230,22 @@ def test_failed_simulations_never_enter_a_chain(method, options):
     assert program.failed > 0  # the failing region was simulated ...
     assert int((theta[..., 0] > 0).sum()) == 0  # ... and never kept
     assert not bool(torch.isnan(posterior.sample_stats["distance"]).any())
+
+
+def test_rejection_keeps_only_successes_when_asked_for_more():
+    # Half the prior fails: keeping 70% would need failures; it keeps the successes and says so.
+    program = _failing_program()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SimulationFailureWarning)
+        with pytest.warns(UserWarning, match=r"abc_rejection keeps \d+ simulations, not 2800"):
+            posterior = pg.infer(
+                program, {"x": torch.zeros(2)}, method="abc_rejection", simulations=4000,
+                keep_fraction=0.7, seed=0, progress=False,
+            )  # fmt: skip
+    kept = posterior.samples["theta"].shape[1]
+    assert 1000 < kept < 2800
+    assert int((posterior.samples["theta"][..., 0] > 0).sum()) == 0
+    assert bool(torch.isfinite(posterior.sample_stats["distance"]).all())
 
 
 def test_torch_normal_and_multivariate_normal_priors_are_converted():
