@@ -600,23 +600,25 @@ def _infer_folder(args: argparse.Namespace) -> int:
             workers=args.workers,
             threads_per_task=args.threads or 1,
             progress=not args.quiet,
+            keep=False,  # the files are the result: memory stays flat over a large folder
             **options,
         )
     finally:
         if client is not None:
             client.close()
+    records = {record["name"]: record for record in result.image_records()}
     for name in result.names:
-        if name in result.posteriors:
-            posterior = result.posteriors[name]
+        if name in result.completed:
+            record = records[name]
             print(
-                f"{name}: {posterior.n_simulations} simulations in {posterior.wall_time:.1f}s "
+                f"{name}: {record['n_simulations']} simulations in {record['wall_time']:.1f}s "
                 f"-> {result.paths[name]}"
             )
         else:
             print(f"{name}: failed: {result.failures[name]}", file=sys.stderr)
     failed = len(result.failures)
     print(
-        f"wrote {len(result.posteriors)} posteriors and {out / MANIFEST_NAME} in "
+        f"wrote {len(result.completed)} posteriors and {out / MANIFEST_NAME} in "
         f"{result.wall_time:.1f}s on {result.workers} worker(s)"
         + (f"; {failed} of {len(files)} images failed" if failed else "")
     )

@@ -5,7 +5,6 @@ manifest and the stacked ArviZ dataset; bad calls fail before any cluster starts
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import sys
@@ -21,7 +20,7 @@ import torch
 
 import probgraphics as pg
 from probgraphics.inference.posterior import Posterior
-from probgraphics.scale import MANIFEST_NAME, ImagePosteriors
+from probgraphics.scale import MANIFEST_NAME, ImagePosteriors, local_client
 
 # Short toy runs: about a tenth of a second each.
 TOY_OPTIONS = {"chains": 8, "draws": 60, "warmup": 60}
@@ -30,19 +29,8 @@ TOY_OPTIONS = {"chains": 8, "draws": 60, "warmup": 60}
 @pytest.fixture(scope="module")
 def client():
     """Two single-threaded worker processes, as infer_many starts on a two-core machine."""
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    )
-    client = Client(cluster)
-    yield client
-    client.close()
-    cluster.close()
+    with local_client(2) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +162,28 @@ def test_out_writes_one_file_per_image_a_manifest_and_the_stacked_dataset(client
     assert list(reopened.posterior["image"].values) == ["first", "third"]
 
 
+def test_keep_false_holds_no_posterior_and_reads_the_files_back(client, toy, tmp_path):
+    program, observations = toy
+    images = {"first": observations[0], "second": observations[1]}
+    kept = pg.infer_many(program, images, client=client, seed=4, progress=False, **TOY_OPTIONS)
+    dropped = pg.infer_many(
+        program,
+        images,
+        client=client,
+        seed=4,
+        out=tmp_path,
+        keep=False,
+        progress=False,
+        **TOY_OPTIONS,
+    )
+    assert dropped.posteriors == {} and dropped.completed == ("first", "second")
+    for name in images:
+        assert_identical(dropped[name], kept[name])
+    np.testing.assert_array_equal(
+        dropped.to_arviz().posterior["z"].values, kept.to_arviz().posterior["z"].values
+    )
+
+
 class MarkedProgram:
     """linear_gaussian that leaves a file named after the process that runs it, so a test can
     tell which worker processes were running inference."""
@@ -267,6 +277,7 @@ class Unpicklable:
         ([torch.zeros(3)], {"workers": 0}, ValueError, "workers must be >= 1"),
         ([torch.zeros(3)], {"client": "tcp://x:1"}, TypeError, "dask.distributed.Client"),
         ([torch.zeros(3)], {"seed": 1.5}, TypeError, "seed must be a non-negative int"),
+        ([torch.zeros(3)], {"keep": False}, ValueError, "keep=False .* needs out=FOLDER"),
     ],
 )
 def test_bad_calls_fail_before_any_cluster_starts(images, options, error, match):
