@@ -162,6 +162,31 @@ def test_out_writes_one_file_per_image_a_manifest_and_the_stacked_dataset(client
     assert list(reopened.posterior["image"].values) == ["first", "third"]
 
 
+def test_the_stacked_dataset_is_a_datatree_under_arviz_1(client, toy, monkeypatch):
+    """ArviZ 1.x (Python >= 3.12) holds results as an xarray DataTree: the stacking builds one
+    when the installed ArviZ says it is 1.x (each image's own data still comes from the real
+    adapter)."""
+    import xarray as xr
+
+    from probgraphics.inference import arviz_adapter
+
+    program, observations = toy
+    result = pg.infer_many(
+        program, observations[:2], client=client, seed=4, progress=False, **TOY_OPTIONS
+    )
+    real = arviz_adapter.arviz_major_version
+    monkeypatch.setattr(
+        arviz_adapter,
+        "arviz_major_version",
+        lambda module=None: 1 if module is None else real(module),
+    )
+    tree = result.to_arviz()
+    assert isinstance(tree, xr.DataTree)
+    assert tree["posterior"]["z"].dims == ("chain", "draw", "image", "z_dim_0")
+    assert list(tree["posterior"]["image"].values) == ["image_0", "image_1"]
+    assert tree.attrs["probgraphics_format"] == "probgraphics.ImagePosteriors"
+
+
 def test_keep_false_holds_no_posterior_and_reads_the_files_back(client, toy, tmp_path):
     program, observations = toy
     images = {"first": observations[0], "second": observations[1]}
