@@ -927,7 +927,8 @@ def build_parser() -> argparse.ArgumentParser:
         "histograms (--figure).\n\n"
         "IMAGE may be a folder: every PNG/JPEG in it is inferred, one Dask task per image, on a "
         "local cluster of one single-threaded worker per core (--workers) or on a running Dask "
-        "scheduler (--scheduler); --out is then a folder that gets NAME.nc per image (written "
+        "scheduler (--scheduler), each image on --threads torch/numba threads (default 1); "
+        "--out is then a folder that gets NAME.nc per image (written "
         "atomically as each completes) and a manifest infer_many.json. Each image's seed is "
         "derived from --seed, so the results equal inferring the images one by one. An image "
         "that fails is reported and the others complete (exit code 1 if any failed).",
