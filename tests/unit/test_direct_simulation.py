@@ -125,7 +125,7 @@ def test_epsilon_adaptation_scales_with_the_chains():
     assert runner.epsilon_adaptation(8) == (runner.EPSILON_GAIN, runner.EPSILON_TARGET_ACCEPTANCE)
     assert runner.epsilon_adaptation(64) == (runner.EPSILON_GAIN, runner.EPSILON_TARGET_ACCEPTANCE)
     gain, target = runner.epsilon_adaptation(1024)
-    assert gain == pytest.approx(4 * runner.EPSILON_GAIN)
+    assert gain == pytest.approx(16 * runner.EPSILON_GAIN)
     assert target == pytest.approx(runner.EPSILON_TARGET_ACCEPTANCE / 4)
     assert math.isfinite(gain) and 0 < target < 1
 
