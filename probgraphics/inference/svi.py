@@ -659,16 +659,21 @@ class _DataParallel:
 
     @staticmethod
     def _check_launch(device: torch.device | None) -> None:
-        """Under torchrun each rank must train on its own GPU (NCCL refuses two ranks on one)."""
+        """Under torchrun each rank must train on its own GPU (NCCL refuses two ranks on one).
+        Where a process sees several GPUs, rank ``LOCAL_RANK`` takes ``cuda:LOCAL_RANK``; where
+        the batch system shows each process one GPU (``CUDA_VISIBLE_DEVICES``), any is its own.
+        """
         if device is None or device.type != "cuda":
             return
+        visible = torch.cuda.device_count()
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         index = device.index if device.index is not None else torch.cuda.current_device()
-        if index != local_rank:
+        if visible > 1 and index != local_rank % visible:
             raise ValueError(
-                f"this process has LOCAL_RANK {local_rank} but its modules are on cuda:{index}; "
-                f"each process trains on its own GPU: move the guide and modules to "
-                f"torch.device('cuda', int(os.environ['LOCAL_RANK'])) before train_guide."
+                f"this process has LOCAL_RANK {local_rank} and sees {visible} GPUs, but its "
+                f"modules are on cuda:{index}; each process trains on its own GPU: move the "
+                "guide and modules to torch.device('cuda', int(os.environ['LOCAL_RANK'])) "
+                "before train_guide."
             )
 
     def wrap(self, modules: Mapping[str, nn.Module]) -> None:
@@ -890,7 +895,8 @@ def train_guide(
             not draw for draw. Only rank 0 shows progress and writes checkpoints (holding every
             rank's random state; resume with the same number of processes). Pyro parameters
             outside any ``nn.Module`` are refused (their gradients would not be averaged). On
-            CUDA each rank's modules must be on its own GPU, ``cuda:LOCAL_RANK``.
+            CUDA each rank's modules must be on its own GPU (``cuda:LOCAL_RANK`` where a process
+            sees several).
 
     Returns:
         A :class:`TrainResult`. The guide's and modules' weights are trained in place.
