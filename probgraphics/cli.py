@@ -447,6 +447,9 @@ def _infer(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Seconds ``probgraphics infer FOLDER --scheduler ADDRESS`` waits for the scheduler.
+SCHEDULER_TIMEOUT_S = 30
+
 #: The files ``probgraphics infer FOLDER`` reads (suffixes, any case).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -577,7 +580,7 @@ def _infer_folder(args: argparse.Namespace) -> int:
         from distributed import Client
 
         try:
-            client = Client(args.scheduler, timeout=30)
+            client = Client(args.scheduler, timeout=SCHEDULER_TIMEOUT_S)
         except (OSError, TimeoutError, ValueError) as error:
             raise UsageError(
                 f"cannot reach the Dask scheduler at --scheduler {args.scheduler!r}: {error}"

@@ -79,6 +79,28 @@ def test_a_folder_is_inferred_image_by_image_and_a_broken_file_fails_alone(tmp_p
             assert torch.equal(got.samples[site], value), (name, site)
 
 
+def test_scheduler_runs_the_folder_on_an_existing_cluster(tmp_path, capsys, monkeypatch):
+    from probgraphics import cli
+    from probgraphics.scale import local_client
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    scenes = pg.programs.simulate(pg.programs.face(resolution=RESOLUTION), n=2, seed=2)
+    for index in range(2):
+        write_png(photos / f"face{index}.png", scenes["image"][index])
+    out = tmp_path / "out"
+    with local_client(1) as client:
+        address = client.scheduler.address
+        code = main(["infer", str(photos), "--out", str(out), "--scheduler", address, *COMMON])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"on the Dask scheduler at {address}" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == ["face0.nc", "face1.nc", "infer_many.json"]
+    monkeypatch.setattr(cli, "SCHEDULER_TIMEOUT_S", 1)
+    assert main(["infer", str(photos), "--out", str(out), "--scheduler", "tcp://127.0.0.1:9"]) == 2
+    assert "cannot reach the Dask scheduler" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

@@ -271,6 +271,14 @@ def test_a_worker_killed_mid_run_loses_nothing(client, toy, tmp_path):
     assert killed[0] in ran and ran - {killed[0]}
 
 
+def test_without_a_seed_one_is_drawn_and_recorded(client, toy):
+    program, observations = toy
+    result = pg.infer_many(program, observations[:2], client=client, progress=False, **TOY_OPTIONS)
+    assert 0 <= result.seed < 2**62
+    assert result.seeds == tuple(pg.image_seeds(result.seed, 2))
+    assert [result[name].settings["seed"] for name in result.names] == list(result.seeds)
+
+
 def test_image_seeds_depend_on_the_seed_and_the_index_only():
     seeds = pg.image_seeds(7, 10)
     assert pg.image_seeds(7, 3) == seeds[:3]
