@@ -64,6 +64,7 @@ __all__ = [
     "prepare_abc",
     "register_method",
     "available_methods",
+    "method_options",
     "MethodSpec",
     "ProgramInfo",
     "inspect_program",
@@ -127,6 +128,24 @@ def available_methods() -> list[str]:
     return sorted(_METHODS)
 
 
+def _check_method(method: Any) -> None:
+    if not isinstance(method, str) or method not in _METHODS:
+        raise ValueError(
+            f"unknown method {method!r}; the methods are {available_methods()}. Pass one of them "
+            "as method=..., or register your own with probgraphics.api.register_method."
+        )
+
+
+def method_options(method: str) -> dict[str, Any]:
+    """The keyword options ``infer(..., method=method)`` takes, with their defaults.
+
+    >>> method_options("abc_rejection")["keep_fraction"]
+    0.01
+    """
+    _check_method(method)
+    return dict(_METHODS[method].options)
+
+
 def infer(program: Callable[[], Any], observation: Any, method: str = "abc_mcmc", **options: Any):
     """Sample the posterior of ``program``'s latents given ``observation``.
 
@@ -184,11 +203,7 @@ def infer(program: Callable[[], Any], observation: Any, method: str = "abc_mcmc"
         ValueError / TypeError: bad input, with what was expected, what came, and what to do.
         RuntimeError: CUDA requested but not available.
     """
-    if not isinstance(method, str) or method not in _METHODS:
-        raise ValueError(
-            f"unknown method {method!r}; the methods are {available_methods()}. Pass one of them "
-            "as method=..., or register your own with probgraphics.api.register_method."
-        )
+    _check_method(method)
     spec, observation, merged = _check_call(method, program, observation, options)
     return spec.run(program, observation, merged, frozenset(options))
 

@@ -414,14 +414,9 @@ def _named_images(images: Any) -> list[tuple[str, Any]]:
 def _check_method_options(method: Any, options: Mapping[str, Any]) -> None:
     from probgraphics import api
 
-    if not isinstance(method, str) or method not in api.available_methods():
-        raise ValueError(
-            f"unknown method {method!r}; the methods are {api.available_methods()}. Pass one of "
-            "them as method=..."
-        )
-    # The registry's option names (infer checks the same on every worker; checked here once, so a
+    # The method's option names (infer checks the same on every worker; checked here once, so a
     # typo fails before a cluster starts).
-    known = set(api._METHODS[method].options)
+    known = set(api.method_options(method))
     unknown = sorted(set(options) - known)
     if unknown:
         raise TypeError(

@@ -225,3 +225,16 @@ def test_infer_returns_a_posterior_with_json_settings():
     assert posterior.method == "abc_mcmc"
     assert posterior.settings["chains"] == 2 and posterior.settings["seed"] == 0
     assert posterior.settings["observation_noise"] == "whitened"  # small, whitenable site
+
+
+def test_method_options_lists_each_methods_defaults():
+    from probgraphics.api import available_methods, method_options
+
+    assert method_options("abc_rejection")["keep_fraction"] == 0.01
+    assert method_options("abc_mcmc")["simulations"] is None
+    for method in available_methods():
+        options = method_options(method)
+        options["seed"] = "changed"  # a copy: the registry keeps its defaults
+        assert method_options(method).get("seed") != "changed"
+    with pytest.raises(ValueError, match=r"unknown method 'abc'; the methods are \["):
+        method_options("abc")
