@@ -71,6 +71,9 @@ __all__ = [
 ]
 
 ABC_KERNELS = ("indicator", "gaussian")
+#: A full-rank reference up to this dimension moves in its whitened coordinates
+#: (:func:`_full_rank_move`), whose two ``(D, D)`` products a step cost little only for small D.
+FULL_RANK_MOVE_MAX_DIM = 64
 
 
 class GaussianReference(NamedTuple):
@@ -300,7 +303,7 @@ def step_with_noise(
     elif reference is None:
         proposal = propose(state.u, noise.nu, noise.a)
         log_weight_change = None
-    elif reference.basis.shape[0] == reference.basis.shape[1]:
+    elif reference.basis.shape[0] == reference.basis.shape[1] <= FULL_RANK_MOVE_MAX_DIM:
         proposal, log_weight_change = _full_rank_move(state.u, noise, reference)
     else:
         # Three (C, D) x (D, k) products a step: the proposal's projection onto the reference's
