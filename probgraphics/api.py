@@ -1055,9 +1055,7 @@ def _run_abc_smc(program, observation, options, explicit) -> Posterior:
     summary_spec = options["summary"]
     _check_summary_spec(summary_spec)
     program, info, trace = _traced_program(program, device, observation)
-    layout, resolved_mode, _ = _build_layout(
-        trace, observation, noise_mode, marginal="is for abc_mcmc and abc_slice."
-    )
+    layout, resolved_mode, _ = _build_layout(trace, observation, noise_mode)
     summary = resolve_summary(summary_spec, list(observation))
     settings = {
         "simulations": simulations,
