@@ -153,6 +153,24 @@ def test_rgb_option():
     assert scenes["image"].shape == (2, 3, 24, 24)
 
 
+def test_supersampled_pixel_is_the_mean_of_its_point_samples():
+    # Reference: render at 3x the resolution and average each 3 x 3 block by explicit loops.
+    latents = _latents(2, seed=5)
+    fine = programs.face(resolution=48).render(**latents)
+    coarse = programs.face(resolution=16, supersample=3).render(**latents)
+    assert coarse.shape == (2, 1, 16, 16)
+    expected = torch.empty_like(coarse)
+    for row in range(16):
+        for col in range(16):
+            block = fine[..., 3 * row : 3 * row + 3, 3 * col : 3 * col + 3]
+            expected[..., row, col] = block.mean(dim=(-1, -2))
+    torch.testing.assert_close(coarse, expected, atol=1e-6, rtol=0)
+    # supersample=1 is the point-sampled render of before, bit for bit.
+    point = programs.face(resolution=16).render(**latents)
+    assert not torch.equal(point, coarse)
+    assert programs.face(resolution=16, supersample=1).render(**latents).equal(point)
+
+
 def test_registry():
     assert "face" in programs.available()
     program = programs.get("face", resolution=16)
@@ -172,6 +190,8 @@ def test_registry():
         ({"n_shape": 500}, "n_shape must be an int in"),
         ({"backend": "opengl"}, "backend must be"),
         ({"pose_range": (10, -10)}, "pose_range"),
+        ({"supersample": 0}, "supersample must be an int >= 1"),
+        ({"supersample": 2.0}, "supersample must be an int"),
     ],
 )
 def test_bad_configuration_is_rejected(kwargs, match):
