@@ -4,7 +4,9 @@ Tasks ``gaussian_linear``, ``two_moons``, ``slcp`` (``pg.programs.sbibm_task``);
 / 1e5 simulations; observations 1-3. Every method gets the same hard budget: every simulator call
 counts, pilots and learned-summary training included.
 
-* Ours: ``abc_rejection`` (keeps the closest ``max(100, N / 100)``), ``abc_smc`` and ``abc_mcmc``
+* Ours: ``abc_rejection`` (keeps the closest ``max(100, N / 100)``); ``abc_rejection+adj``
+  (keeps the closest ``max(100, N / 10)`` and adjusts them by linear regression on their
+  summaries, ``adjust="linear"``); ``abc_smc`` and ``abc_mcmc``
   (both ``simulations=N``), each with the default summary (the raw output, standardized L2) and
   with a learned summary (``pg.semi_automatic_summary`` fitted on ``N / 5`` of the budget, the
   other ``4N / 5`` spent by the method): rows ``... +sa``.
@@ -60,6 +62,8 @@ NUM_SAMPLES = 10_000
 #: Fraction of a learned-summary row's budget spent fitting the summary.
 SUMMARY_FRACTION = 0.2
 OURS = ("abc_rejection", "abc_smc", "abc_mcmc")
+#: abc_rejection keeping a tenth of the budget, with linear regression adjustment.
+ADJUSTED = "abc_rejection+adj"
 PEERS = ("sbi_mcabc", "sbi_smcabc", "pyabc_smcabc", "elfi_rejection")
 #: The bar issue 15 sets at 1e5 simulations, observation 1: the best ABC peer's C2ST.
 PEER_BAR = {"gaussian_linear": 0.71, "two_moons": 0.53, "slcp": 0.94}
@@ -88,8 +92,11 @@ def to_c2st_samples(draws: torch.Tensor, seed: int) -> tuple[torch.Tensor, int, 
 # ------------------------------------------------------------------------------------ our rows
 
 
-def run_ours(task, number: int, method: str, budget: int, learned: bool, seed: int):
-    """Draws ``(n, D)`` of our ``method`` within ``budget`` simulations (summary fit included)."""
+def run_ours(
+    task, number: int, method: str, budget: int, learned: bool, seed: int, adjusted: bool = False
+):
+    """Draws ``(n, D)`` of our ``method`` within ``budget`` simulations (summary fit included);
+    ``adjusted``: abc_rejection keeping a tenth, with linear regression adjustment."""
     observation = {"x": task.observation(number)}
     summary = None
     spend = budget
@@ -98,7 +105,9 @@ def run_ours(task, number: int, method: str, budget: int, learned: bool, seed: i
         summary = pg.semi_automatic_summary(task, simulations=pilot, seed=seed)
         spend = budget - pilot
     options: dict = {"simulations": spend}
-    if method == "abc_rejection":
+    if method == "abc_rejection" and adjusted:
+        options.update(keep_fraction=max(100, spend // 10) / spend, adjust="linear")
+    elif method == "abc_rejection":
         options["keep_fraction"] = max(100, spend // 100) / spend
     elif method == "abc_smc":
         # Its defaults (a 1,000-draw pilot, 1,024 particles) need >= 3,048 simulations.
@@ -290,8 +299,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--methods",
         nargs="+",
-        default=[*OURS, *(f"{m}+sa" for m in OURS), *PEERS],
-        help="ours (abc_rejection, abc_smc, abc_mcmc, each optionally +sa) and peers "
+        default=[*OURS, ADJUSTED, *(f"{m}+sa" for m in OURS), *PEERS],
+        help="ours (abc_rejection, abc_smc, abc_mcmc, each optionally +sa; "
+        "abc_rejection+adj) and peers "
         f"({', '.join(PEERS)})",
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -312,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
     skipped = {}
     methods = []
     for method in args.methods:
-        base = method.removesuffix("+sa")
+        base = method.removesuffix("+sa").removesuffix("+adj")
         if base in PEER_RUNNERS:
             why = _missing(PEER_PACKAGES[base])
             if why is not None:
@@ -336,7 +346,7 @@ def main(argv: list[str] | None = None) -> dict:
             reference = task.reference_samples(number)
             for budget in args.budgets:
                 for method in methods:
-                    base = method.removesuffix("+sa")
+                    base = method.removesuffix("+sa").removesuffix("+adj")
                     row = {"task": name, "observation": number, "budget": budget, "method": method}
                     start = time.perf_counter()
                     try:
@@ -344,7 +354,13 @@ def main(argv: list[str] | None = None) -> dict:
                             with warnings.catch_warnings():
                                 warnings.simplefilter("ignore")
                                 draws, used = run_ours(
-                                    task, number, base, budget, method.endswith("+sa"), args.seed
+                                    task,
+                                    number,
+                                    base,
+                                    budget,
+                                    method.endswith("+sa"),
+                                    args.seed,
+                                    adjusted="+adj" in method,
                                 )
                         else:
                             with _quiet():

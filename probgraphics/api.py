@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from probgraphics.inference import marginal_noise
+from probgraphics.inference.adjustment import support_bounds
 from probgraphics.inference.distances import (
     DISTANCES,
     check_distance_spec,
@@ -184,8 +185,11 @@ def infer(program: Callable[[], Any], observation: Any, method: str = "abc_mcmc"
             draws of the guide's q(z | observation) (seed 000's coarse-to-fine; latents the
             guide leaves out start from the prior; the pilot still runs, for the standardized
             distance's scale). ``abc_rejection``: ``simulations``, ``keep_fraction``,
-            ``summary``, ``distance``, ``seed``, ``device``, ``progress``, ``batch_size``,
-            ``pilot_size``. ``guide`` (amortized inference, no MCMC): ``guide`` (required: an
+            ``adjust`` (None, or ``"linear"``: Beaumont's regression adjustment of the kept
+            draws on their summaries, which lets a larger ``keep_fraction`` stay accurate where
+            the parameters depend on the summary about linearly), ``summary``, ``distance``,
+            ``seed``, ``device``, ``progress``, ``batch_size``, ``pilot_size``. ``guide``
+            (amortized inference, no MCMC): ``guide`` (required: an
             ``EncoderGuide``, or any object with ``.posterior(images, num_samples,
             generator=)``), ``chains`` (4), ``draws`` (1000), ``seed``; the draws of q are
             independent, so chains are only a reshaping of ``chains * draws`` draws. Its
@@ -568,9 +572,12 @@ _ABC_MCMC_OPTIONS = {
     "guide_proposals": None,
 }
 _ABC_SLICE_OPTIONS = {**_ABC_COMMON_OPTIONS, "max_shrinks": DEFAULT_MAX_SHRINKS}
+#: abc_rejection's ``adjust=`` choices: None, or linear regression adjustment.
+ADJUSTMENTS = (None, "linear")
 _REJECTION_OPTIONS: dict[str, Any] = {
     "simulations": 10_000,
     "keep_fraction": 0.01,
+    "adjust": None,
     "summary": None,
     "distance": "standardized_l2",
     "seed": None,
@@ -985,12 +992,19 @@ def _run_abc_rejection(program, observation, options, explicit) -> Posterior:
     batch_size = options["batch_size"]
     batch_size = 1024 if batch_size is None else _check_int("batch_size", batch_size, 1)
     check_distance_spec(options["distance"])
+    adjust = options["adjust"]
+    if adjust not in ADJUSTMENTS:
+        raise ValueError(
+            f"adjust must be one of {ADJUSTMENTS} (None: the kept draws as simulated; 'linear': "
+            f"Beaumont's regression adjustment on their summaries), got {adjust!r}."
+        )
     program, info, trace = _traced_program(program, device, observation)
     layout = build_layout(trace, observation, whiten_observed=False)
     summary = resolve_summary(options["summary"], list(observation))
     settings = {
         "simulations": simulations,
         "keep_fraction": keep_fraction,
+        "adjust": adjust,
         "summary": summary_name(options["summary"]),
         "distance": distance_name(options["distance"]),
         "seed": seed,
@@ -1012,6 +1026,7 @@ def _run_abc_rejection(program, observation, options, explicit) -> Posterior:
         pilot_size=pilot_size,
         progress=bool(options["progress"]),
         settings=settings,
+        adjust=None if adjust is None else support_bounds(trace, layout),
     )
 
 

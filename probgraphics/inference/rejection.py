@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from probgraphics.inference.adjustment import linear_regression_adjustment
 from probgraphics.inference.distances import resolve_distance
 from probgraphics.inference.posterior import Posterior
 from probgraphics.inference.simulator import Simulator
@@ -30,21 +31,21 @@ def kept_count(simulations: int, keep_fraction: float) -> int:
 
 
 def _merge_best(
-    best: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
-    candidates: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    best: tuple[torch.Tensor, ...] | None,
+    candidates: tuple[torch.Tensor, ...],
     kept: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, ...]:
     """Keep the ``kept`` smallest distances of ``best`` and ``candidates`` (distance, values,
-    simulation index); ties go to the earlier simulation, NaN distances last."""
+    simulation index, then any per-simulation tensors such as summaries); ties go to the
+    earlier simulation, NaN distances last."""
     if best is not None:
         candidates = tuple(torch.cat([a, b]) for a, b in zip(best, candidates, strict=True))
-    distance, values, index = candidates
     # Sorting by index first, then stably by distance, makes ties resolve by simulation order.
-    order = torch.argsort(index, stable=True)
-    distance, values, index = distance[order], values[order], index[order]
-    ranking = torch.nan_to_num(distance, nan=torch.inf)
+    order = torch.argsort(candidates[2], stable=True)
+    candidates = tuple(t[order] for t in candidates)
+    ranking = torch.nan_to_num(candidates[0], nan=torch.inf)
     order = torch.argsort(ranking, stable=True)[:kept]
-    return distance[order], values[order], index[order]
+    return tuple(t[order] for t in candidates)
 
 
 def run_rejection(
@@ -62,6 +63,7 @@ def run_rejection(
     pilot_size: int,
     progress: bool,
     settings: dict[str, Any],
+    adjust: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Posterior:
     """Run ABC rejection and return a one-chain :class:`Posterior`.
 
@@ -76,6 +78,10 @@ def run_rejection(
         pilot_size: simulations whose summaries set the standardized distance's scale.
         progress: show a tqdm bar.
         settings: JSON-serializable options to record.
+        adjust: ``(lower, upper)`` prior support bounds ``(latent_dim,)``: adjust the kept draws
+            by linear regression on their summaries
+            (:func:`~probgraphics.inference.adjustment.linear_regression_adjustment`); None keeps
+            them as simulated.
     """
     start = time.perf_counter()
     torch_device = torch.device(device)
@@ -121,11 +127,13 @@ def run_rejection(
                 pilot_values, pilot_summaries = [], []
             with torch.no_grad():
                 batch_distance = distance_fn(summaries, simulator.observed_summary)
-            best = _merge_best(best, (batch_distance, values, index), kept)
+            payload = (summaries,) if adjust is not None else ()
+            best = _merge_best(best, (batch_distance, values, index, *payload), kept)
     finally:
         if bar is not None:
             bar.close()
-    distance_kept, values_kept, index_kept = best
+    distance_kept, values_kept, index_kept = best[:3]
+    summaries_kept = best[3] if adjust is not None else None
     # Failed simulations (NaN distance) rank last but are never kept: fewer than asked, if so.
     finite = torch.isfinite(distance_kept)
     if not bool(finite.all()):
@@ -142,8 +150,19 @@ def run_rejection(
         )
         distance_kept, values_kept = distance_kept[finite], values_kept[finite]
         index_kept, kept = index_kept[finite], count
+        if summaries_kept is not None:
+            summaries_kept = summaries_kept[finite]
     order = torch.argsort(index_kept)
     distance_kept, values_kept = distance_kept[order].cpu(), values_kept[order].cpu()
+    if adjust is not None:
+        values_kept = linear_regression_adjustment(
+            values_kept,
+            summaries_kept[order].cpu(),
+            simulator.observed_summary.reshape(-1).cpu(),
+            distance_kept,
+            lower=adjust[0],
+            upper=adjust[1],
+        )
     epsilon = distance_kept.max()
     samples = {name: value.unsqueeze(0) for name, value in layout.split_values(values_kept).items()}
     stats = {
