@@ -20,6 +20,11 @@ standardized with the pilot's means and spreads; a tenth of the pilot is held ou
 with the lowest held-out squared error are kept, and training stops once it has not improved for
 ``patience`` evaluations.
 
+``targets="moments"`` regresses the squared latents too, ``E[theta^2 | x]`` beside
+``E[theta | x]`` (Fearnhead & Prangle's suggestion of summaries for functions of ``theta``): a
+parameter whose sign the data cannot tell (a scale entering as ``theta^2``) has ``E[theta | x] =
+0`` for every ``x``, a useless summary, while ``E[theta^2 | x]`` still measures it.
+
 The pilot is ``simulations`` prior simulations, drawn in batches under a plate: they count
 towards a simulation budget (spend the rest on ``infer``). Failed simulations (NaN/inf
 observations) are left out of the fit; the summary maps a NaN observation to NaN features, so a
@@ -52,6 +57,8 @@ __all__ = [
 
 #: Fraction of the pilot held out to choose the weights (early stopping).
 VALIDATION_FRACTION = 0.1
+#: What a learned summary regresses: the latents, or the latents and their squares.
+SUMMARY_TARGETS = ("mean", "moments")
 #: Simulations per program call while drawing the pilot.
 PILOT_BATCH = 10_000
 
@@ -281,6 +288,7 @@ def semi_automatic_summary(
     patience: int = 10,
     evaluate_every: int = 50,
     progress: bool = False,
+    targets: str = "mean",
 ) -> SemiAutomaticSummary:
     """Fit a semi-automatic ABC summary (Fearnhead & Prangle 2012) for ``program``.
 
@@ -295,6 +303,8 @@ def semi_automatic_summary(
         patience: stop after this many held-out evaluations without improvement.
         evaluate_every: steps between held-out evaluations.
         progress: show the training progress bar.
+        targets: ``"mean"`` (features ``E[theta | x]``, one per latent coordinate) or
+            ``"moments"`` (also ``E[theta^2 | x]``: twice the features; see the module doc).
 
     Returns:
         A :class:`SemiAutomaticSummary`: pass it as ``summary=`` to ``pg.infer``.
@@ -315,6 +325,11 @@ def semi_automatic_summary(
         isinstance(width, int) and not isinstance(width, bool) and width >= 1 for width in hidden
     ):
         raise ValueError(f"hidden must be a sequence of ints >= 1, got {hidden!r}.")
+    if targets not in SUMMARY_TARGETS:
+        raise ValueError(
+            f"targets must be one of {SUMMARY_TARGETS} (what the summary regresses: the "
+            f"latents, or the latents and their squares), got {targets!r}."
+        )
     if observed is None:
         observed = getattr(program, "observed", None) or "image"
     if not isinstance(observed, str):
@@ -325,6 +340,10 @@ def semi_automatic_summary(
         (name, torch.Size(value.shape[1:]), math.prod(value.shape[1:]))
         for name, value in latents.items()
     ]
+    if targets == "moments":
+        # The squares as extra "sites" of the regression guide, named after their latents.
+        layout += [(f"{name}_squared", shape, size) for name, shape, size in layout]
+        latents = {**latents, **{f"{n}_squared": v.square() for n, v in latents.items()}}
     dtype = torch.float32
     targets = torch.cat([value.reshape(simulations, -1) for value in latents.values()], -1)
     targets = targets.to(dtype)

@@ -142,3 +142,28 @@ def test_bad_arguments_are_rejected(embedding_program):
         semi_automatic_summary(embedding_program, observed="x", hidden=(0,))
     with pytest.raises(TypeError, match="seed must be an int"):
         semi_automatic_summary(embedding_program, observed="x", seed="0")
+
+
+def test_moment_targets_measure_a_parameter_whose_sign_is_unidentified():
+    # x = |theta| + noise: E[theta | x] = 0 for every x (a constant, useless summary), while
+    # E[theta^2 | x] tracks theta^2. The moments summary must carry that; the mean one cannot.
+    prior = dist.Normal(torch.zeros(1), 1.0).to_event(1)
+
+    def simulate(theta):
+        return theta.abs() + 0.05 * torch.randn_like(theta)
+
+    program = pg.programs.simulator(prior, simulate)
+    kwargs = {"simulations": 3000, "seed": 0, "steps": 600}
+    mean_only = semi_automatic_summary(program, **kwargs)
+    moments = semi_automatic_summary(program, targets="moments", **kwargs)
+    assert mean_only.features == 1 and moments.features == 2
+    assert list(moments.sites) == ["theta", "theta_squared"]
+    theta = torch.randn(2000, 1, generator=torch.Generator().manual_seed(5))
+    x = theta.abs() + 0.05 * torch.randn(theta.shape, generator=torch.Generator().manual_seed(6))
+    squared = moments(x)[:, 1]
+    correlation = torch.corrcoef(torch.stack([squared, theta[:, 0].square()]))[0, 1]
+    assert correlation > 0.9, correlation
+    # The mean summary barely varies: its spread is a small fraction of theta's.
+    assert mean_only(x)[:, 0].std() < 0.25, mean_only(x)[:, 0].std()
+    with pytest.raises(ValueError, match="targets must be one of"):
+        semi_automatic_summary(program, targets="quantiles", **kwargs)
