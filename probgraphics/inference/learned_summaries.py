@@ -345,12 +345,12 @@ def semi_automatic_summary(
         layout += [(f"{name}_squared", shape, size) for name, shape, size in layout]
         latents = {**latents, **{f"{n}_squared": v.square() for n, v in latents.items()}}
     dtype = torch.float32
-    targets = torch.cat([value.reshape(simulations, -1) for value in latents.values()], -1)
-    targets = targets.to(dtype)
+    target_values = torch.cat([value.reshape(simulations, -1) for value in latents.values()], -1)
+    target_values = target_values.to(dtype)
     x = _flatten(observations).to(dtype)
-    finite = torch.isfinite(x).all(-1) & torch.isfinite(targets).all(-1)
+    finite = torch.isfinite(x).all(-1) & torch.isfinite(target_values).all(-1)
     failed = int((~finite).sum())
-    x, targets = x[finite], targets[finite]
+    x, target_values = x[finite], target_values[finite]
     count = x.shape[0]
     if count < 20:
         raise ValueError(
@@ -362,12 +362,12 @@ def semi_automatic_summary(
     validation_size = max(1, round(VALIDATION_FRACTION * count))
     valid, train = order[:validation_size], order[validation_size:]
     input_scale = _standardize(x[train])
-    target_mean, target_std = _standardize(targets[train])
-    standardized_targets = (targets - target_mean) / target_std
+    target_mean, target_std = _standardize(target_values[train])
+    standardized_targets = (target_values - target_mean) / target_std
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = _mlp(x.shape[1], hidden, targets.shape[1])
+        net = _mlp(x.shape[1], hidden, target_values.shape[1])
     guide = _RegressionGuide(net, layout, input_scale, observed).to(x.device)
 
     def unflatten(rows: torch.Tensor) -> dict[str, torch.Tensor]:
