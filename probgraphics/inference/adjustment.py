@@ -32,10 +32,16 @@ import torch
 __all__ = ["linear_regression_adjustment", "support_bounds"]
 
 
+def _bound_kinds(
+    lower: torch.Tensor, upper: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Masks of the coordinates bounded on both sides, below only and above only."""
+    finite_low, finite_high = torch.isfinite(lower), torch.isfinite(upper)
+    return finite_low & finite_high, finite_low & ~finite_high, ~finite_low & finite_high
+
+
 def _to_unbounded(values: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
-    both = torch.isfinite(lower) & torch.isfinite(upper)
-    low_only = torch.isfinite(lower) & ~torch.isfinite(upper)
-    high_only = ~torch.isfinite(lower) & torch.isfinite(upper)
+    both, low_only, high_only = _bound_kinds(lower, upper)
     span = torch.where(both, upper - lower, torch.ones_like(upper))
     fraction = ((values - torch.where(both, lower, 0.0)) / span).clamp(1e-12, 1 - 1e-12)
     out = torch.where(both, torch.logit(fraction), values)
@@ -44,9 +50,7 @@ def _to_unbounded(values: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
 
 
 def _to_bounded(z: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
-    both = torch.isfinite(lower) & torch.isfinite(upper)
-    low_only = torch.isfinite(lower) & ~torch.isfinite(upper)
-    high_only = ~torch.isfinite(lower) & torch.isfinite(upper)
+    both, low_only, high_only = _bound_kinds(lower, upper)
     out = torch.where(both, lower + (upper - lower) * torch.sigmoid(z), z)
     out = torch.where(low_only, lower + torch.exp(z), out)
     return torch.where(high_only, upper - torch.exp(z), out)
