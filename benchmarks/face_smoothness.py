@@ -36,14 +36,19 @@ from _common import format_table, machine, write_json  # noqa: E402
 SITES = ("azimuth", "elevation", "light")
 
 
+def azimuth_batch(program, truth: dict, offsets: torch.Tensor) -> dict:
+    """The true latents repeated ``len(offsets)`` times, azimuth moved by ``offsets`` degrees."""
+    batch = {
+        site: truth[site].expand(len(offsets), *truth[site].shape)
+        for site in program.latent_sites
+    }
+    batch["azimuth"] = truth["azimuth"] + offsets
+    return batch
+
+
 def slope_jump(program, truth: dict) -> float:
     """Largest |second difference| of the log-likelihood over azimuth +- 1 degree (nats)."""
-    offsets = torch.linspace(-1.0, 1.0, 41)
-    latents = {site: truth[site] for site in program.latent_sites}
-    batch = {
-        site: value.expand(len(offsets), *value.shape) for site, value in latents.items()
-    }
-    batch["azimuth"] = latents["azimuth"] + offsets
+    batch = azimuth_batch(program, truth, torch.linspace(-1.0, 1.0, 41))
     with torch.no_grad():
         renders = program.render(**batch)
     log_likelihood = -(renders - truth["image"]).square().sum((-1, -2, -3)) / (
@@ -54,8 +59,7 @@ def slope_jump(program, truth: dict) -> float:
 
 def render_ms(program, truth: dict) -> float:
     generator = torch.Generator().manual_seed(1)
-    batch = {site: truth[site].expand(64, *truth[site].shape) for site in program.latent_sites}
-    batch["azimuth"] = truth["azimuth"] + torch.randn(64, generator=generator)
+    batch = azimuth_batch(program, truth, torch.randn(64, generator=generator))
     with torch.no_grad():
         program.render(**batch)
         best = float("inf")
