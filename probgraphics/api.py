@@ -33,6 +33,8 @@ from probgraphics.inference.distances import (
 )
 from probgraphics.inference.kernels.elliptical import ABC_KERNELS
 from probgraphics.inference.kernels.elliptical_slice import DEFAULT_MAX_SHRINKS
+from probgraphics.inference.pmc import KERNELS as PMC_KERNELS
+from probgraphics.inference.pmc import run_pmc
 from probgraphics.inference.posterior import Posterior
 from probgraphics.inference.rejection import run_rejection
 from probgraphics.inference.runner import (
@@ -605,6 +607,22 @@ _ABC_SMC_OPTIONS: dict[str, Any] = {
     "pilot_size": 1000,
 }
 
+_ABC_PMC_OPTIONS: dict[str, Any] = {
+    "simulations": 20_000,
+    "particles": 1000,
+    "draws": None,
+    "quantile": 0.5,
+    "kernel": "olcm",
+    "epsilon": None,
+    "summary": None,
+    "distance": "standardized_l2",
+    "seed": None,
+    "device": "cpu",
+    "progress": True,
+    "batch_size": None,
+    "pilot_size": None,
+}
+
 
 def _check_init(
     init: Any, layout: WhiteningLayout, chains: int
@@ -1112,6 +1130,83 @@ def _run_abc_smc(program, observation, options, explicit) -> Posterior:
     )
 
 
+def _run_abc_pmc(program, observation, options, explicit) -> Posterior:
+    simulations = _check_int("simulations", options["simulations"], 1)
+    particles = _check_int("particles", options["particles"], 2)
+    draws = options["draws"]
+    draws = particles if draws is None else _check_int("draws", draws, 1)
+    quantile = _check_fraction("quantile", options["quantile"])
+    if quantile >= 1.0:
+        raise ValueError(
+            f"quantile must be in (0, 1): each generation's tolerance is that weighted quantile "
+            f"of the previous generation's distances (e.g. 0.5, the median), got {quantile!r}; "
+            "1 would never lower epsilon."
+        )
+    kernel = _check_choice("kernel", options["kernel"], PMC_KERNELS)
+    epsilon = _check_epsilon(options["epsilon"])
+    seed = _check_seed(options["seed"])
+    device = resolve_device(options["device"])
+    progress = _check_bool("progress", options["progress"])
+    check_distance_spec(options["distance"])
+    pilot_size = options["pilot_size"]
+    pilot_size = 2 * particles if pilot_size is None else _check_int("pilot_size", pilot_size, 2)
+    if pilot_size < particles:
+        raise ValueError(
+            f"pilot_size={pilot_size} is smaller than particles={particles}: generation 0 is the "
+            "closest particles of the pilot's prior simulations; raise pilot_size (default: "
+            "2 * particles) or lower particles."
+        )
+    batch_size = options["batch_size"]
+    batch_size = 10_000 if batch_size is None else _check_int("batch_size", batch_size, 1)
+    needed = pilot_size + particles
+    if simulations < needed:
+        raise ValueError(
+            f"simulations={simulations} cannot pay for the pilot ({pilot_size} prior "
+            f"simulations, generation 0) and one more generation of at least {particles} "
+            f"simulations: it must be >= pilot_size + particles = {needed}. Raise simulations, "
+            "or lower particles or pilot_size."
+        )
+    summary_spec = options["summary"]
+    _check_summary_spec(summary_spec)
+    program, info, trace = _traced_program(program, device, observation)
+    # Fresh observation noise in every simulation: a proposal perturbs the latents only.
+    layout = build_layout(trace, observation, whiten_observed=False)
+    summary = resolve_summary(summary_spec, list(observation))
+    settings = {
+        "simulations": simulations,
+        "particles": particles,
+        "draws": draws,
+        "quantile": quantile,
+        "kernel": kernel,
+        "epsilon": epsilon,
+        "summary": summary_name(summary_spec),
+        "distance": distance_name(options["distance"]),
+        "seed": seed,
+        "device": str(device),
+        "batch_size": batch_size,
+        "pilot_size": pilot_size,
+    }
+    return run_pmc(
+        program,
+        layout,
+        {name: value.to(device) for name, value in observation.items()},
+        simulations=simulations,
+        particles=particles,
+        draws=draws,
+        quantile=quantile,
+        kernel=kernel,
+        epsilon=epsilon,
+        summary=summary,
+        distance=options["distance"],
+        seed=seed,
+        device=str(device),
+        batch_size=batch_size,
+        pilot_size=pilot_size,
+        progress=progress,
+        settings=settings,
+    )
+
+
 # ---------------------------------------------------------------------------- trained guides
 
 #: Mixed into the run's seed for the guide's draws, so they are a stream of their own (apart
@@ -1532,6 +1627,12 @@ register_method(
     _run_abc_smc,
     options=_ABC_SMC_OPTIONS,
     description="ABC-SMC: a particle population moved by the elliptical kernel as epsilon shrinks",
+)
+register_method(
+    "abc_pmc",
+    _run_abc_pmc,
+    options=_ABC_PMC_OPTIONS,
+    description="ABC-PMC: importance-weighted populations from a kernel mixture as epsilon shrinks",
 )
 register_method(
     "guide",

@@ -1,0 +1,529 @@
+"""ABC-PMC: population Monte Carlo ABC with adaptive tolerances.
+
+Beaumont, Cornuet, Marin & Robert (2009), "Adaptive approximate Bayesian computation", with the
+tolerance schedule of pyabc (each tolerance the weighted median of the previous generation's
+accepted distances) and optionally the locally optimal kernel covariance of Filippi, Barnes,
+Cornebise & Stumpf (2013). It works in the engine's whitened space ``u ~ N(0, I)`` (DESIGN
+section 4), where the prior density is ``N(u; 0, I)`` and every proposal lies in the prior's
+support (no simulation is spent on a proposal outside it). The target of generation ``t`` is
+
+    pi_t(u) ∝ N(u; 0, I) P(rho(s(x_sim(T(u))), s(x_obs)) <= eps_t),   eps_0 > eps_1 > ...
+
+whose image under the whitening transform ``T`` is the indicator-kernel ABC posterior.
+
+* **Pilot and generation 0.** ``pilot_size`` prior draws are simulated; their summaries set the
+  standardized distance's scale, and the closest ``particles`` of them are generation 0 with
+  equal weights, ``eps_0`` their largest distance (rejection ABC, as ``abc_rejection`` keeps its
+  closest draws).
+* **Generation t.** (1) ``eps_t`` is the weighted ``quantile`` (0.5: the median) of generation
+  ``t-1``'s distances, floored at a given final ``epsilon``. (2) The proposal is the mixture
+  ``q(u) = sum_j w_j N(u; u_j, Sigma_j)`` over generation ``t-1``: ``"beaumont"`` uses
+  ``Sigma_j = 2 C`` (``C`` the population's weighted covariance), ``"silverman"`` ``h^2 C`` with
+  Silverman's factor ``h = (4 / (n (D + 2)))^(1 / (D + 4))`` at the effective sample size ``n``
+  (pyabc's default ``MultivariateNormalTransition``), ``"olcm"`` Filippi et al.'s locally
+  optimal ``Sigma_j = sum_k w'_k (u_k - u_j)(u_k - u_j)^T`` over the particles ``k`` already
+  within ``eps_t`` (weights ``w'`` renormalized among them), i.e. ``C' + (m' - u_j)(m' - u_j)^T``.
+  (3) Proposals are simulated in batches (sized from the acceptance rate so far), and those with
+  distance ``<= eps_t`` are accepted until ``particles`` are (the first ones in proposal order:
+  the proposals are independent, so the first ``N`` accepted are ``N`` independent draws of
+  ``q`` restricted to the acceptance region). (4) Each accepted particle gets the importance
+  weight ``w ∝ N(u; 0, I) / q(u)``, normalized.
+* **Budget.** Every simulator call counts, pilot included: a batch is never larger than what is
+  left, so ``n_simulations <= simulations``. When the budget ends inside a generation, its
+  accepted particles so far are still independent draws of ``q`` given acceptance, so with their
+  importance weights they are a valid (smaller) weighted sample of ``pi_t``, the smaller
+  tolerance. They are returned when their effective sample size is at least
+  :data:`PARTIAL_ESS_FRACTION` of the previous generation's; otherwise the previous generation
+  is.
+* **Stop.** When the budget is spent; with no final ``epsilon``, also when the tolerance stops
+  decreasing (ties in the distances).
+* **Result.** The final weighted population resampled (systematically) to ``draws`` equal-weight
+  draws: one chain, like ``abc_smc``'s.
+
+Blackjax style: pure functions over the immutable :class:`PMCState` and :class:`Proposal`, whose
+tensors lead with the particle dimension; per-particle decisions are masks; randomness comes from
+the explicit ``torch.Generator``. Host reads happen once per simulated batch (how many were
+accepted) and once per generation (the tolerance, the effective sample size), never per particle.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import torch
+
+from probgraphics.inference.distances import resolve_distance
+from probgraphics.inference.posterior import Posterior
+from probgraphics.inference.simulator import Simulation, Simulator
+from probgraphics.inference.tempering import (
+    effective_sample_size,
+    normalized_weights,
+    weighted_quantile,
+)
+from probgraphics.inference.whitening import WhiteningLayout
+
+__all__ = [
+    "KERNELS",
+    "PMCState",
+    "Proposal",
+    "init",
+    "next_epsilon",
+    "fit_proposal",
+    "propose",
+    "log_proposal_density",
+    "importance_log_weights",
+    "systematic_indices",
+    "run_pmc",
+]
+
+#: Perturbation kernels: ``"olcm"`` (Filippi et al. 2013's locally optimal covariance),
+#: ``"beaumont"`` (twice the weighted covariance), ``"silverman"`` (pyabc's default bandwidth).
+KERNELS = ("olcm", "beaumont", "silverman")
+#: A generation cut short by the budget is returned when its effective sample size is at least
+#: this fraction of the previous complete generation's (its tolerance is smaller).
+PARTIAL_ESS_FRACTION = 0.5
+#: Smallest batch simulated inside a generation (the fixed cost of a call is not worth less).
+MIN_BATCH = 256
+#: Accepted particles whose mixture density is evaluated at once (memory ``chunk * N * D``).
+DENSITY_CHUNK = 512
+#: Covariances get this much of their mean diagonal added, so a collapsed population (all
+#: particles equal in some direction) still has a positive-definite kernel.
+JITTER = 1e-9
+
+
+class PMCState(NamedTuple):
+    """A weighted population: a sample of ``pi_epsilon``.
+
+    Attributes:
+        u: ``(N, D)`` whitened positions (the layout's dtype).
+        values: ``(N, V)`` constrained latent values at ``u`` (flattened).
+        distance: ``(N,)`` each particle's summary distance (all ``<= epsilon``).
+        log_weight: ``(N,)`` float64 log importance weights (the largest 0).
+        epsilon: ``()`` float64 tolerance the population targets.
+    """
+
+    u: torch.Tensor
+    values: torch.Tensor
+    distance: torch.Tensor
+    log_weight: torch.Tensor
+    epsilon: torch.Tensor
+
+
+class Proposal(NamedTuple):
+    """The mixture ``q(u) = sum_j w_j N(u; centre_j, L_j L_j^T)``.
+
+    Attributes:
+        centre: ``(N, D)`` float64 mixture centres (the previous population).
+        log_weight: ``(N,)`` float64 normalized log mixture weights.
+        scale_tril: ``(N, D, D)`` or ``(1, D, D)`` (one shared) float64 Cholesky factors.
+        inverse_tril: their inverses, same shape.
+        log_det: ``(N,)`` or ``(1,)`` ``sum log diag L_j``.
+    """
+
+    centre: torch.Tensor
+    log_weight: torch.Tensor
+    scale_tril: torch.Tensor
+    inverse_tril: torch.Tensor
+    log_det: torch.Tensor
+
+
+def init(u: torch.Tensor, values: torch.Tensor, distance: torch.Tensor, count: int) -> PMCState:
+    """Generation 0: the ``count`` prior draws among ``u`` ``(M, D)`` with the smallest finite
+    distances, equal weights, ``epsilon`` the largest kept distance (ties: the earlier draw).
+    Raises when fewer than ``count`` draws have a finite distance."""
+    finite = torch.isfinite(distance)
+    available = int(finite.sum())
+    if available < count:
+        raise ValueError(
+            f"only {available} of the {distance.shape[0]} prior simulations have a finite "
+            f"distance, fewer than the {count} particles of generation 0; raise pilot_size, lower "
+            "particles, or check that the program and summary give finite features."
+        )
+    ranking = torch.where(finite, distance.to(torch.float64), math.inf)
+    order = torch.argsort(ranking, stable=True)[:count]
+    kept = distance[order]
+    return PMCState(
+        u=u[order],
+        values=values[order],
+        distance=kept,
+        log_weight=torch.zeros(count, dtype=torch.float64, device=u.device),
+        epsilon=kept.max().to(torch.float64),
+    )
+
+
+def next_epsilon(state: PMCState, quantile: float, floor: float = 0.0) -> torch.Tensor:
+    """``max(weighted quantile of the distances, floor)``, ``()`` float64."""
+    candidate = weighted_quantile(state.distance, state.log_weight, quantile)
+    return torch.clamp(candidate, min=floor)
+
+
+def _weighted_moments(u: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted mean ``(D,)`` and covariance ``(D, D)`` (weights sum to one), float64."""
+    mean = weights @ u
+    centred = u - mean
+    covariance = (centred * weights.unsqueeze(-1)).T @ centred
+    return mean, 0.5 * (covariance + covariance.T)
+
+
+def _regularize(covariance: torch.Tensor) -> torch.Tensor:
+    """``covariance + JITTER * mean diagonal * I`` (batched over leading dimensions)."""
+    dim = covariance.shape[-1]
+    level = torch.diagonal(covariance, dim1=-2, dim2=-1).mean(-1).clamp(min=1e-12)
+    eye = torch.eye(dim, dtype=covariance.dtype, device=covariance.device)
+    return covariance + JITTER * level[..., None, None] * eye
+
+
+def fit_proposal(state: PMCState, kernel: str, epsilon: torch.Tensor) -> Proposal:
+    """The perturbation mixture around ``state`` for the next tolerance ``epsilon`` (see the
+    module doc for the three ``kernel`` choices; ``"olcm"`` needs ``epsilon``: the particles
+    within it define each component's covariance)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {list(KERNELS)}, got {kernel!r}")
+    u = state.u.to(torch.float64)
+    dim = u.shape[1]
+    log_weight = torch.log(normalized_weights(state.log_weight))
+    weights = log_weight.exp()
+    mean, covariance = _weighted_moments(u, weights)
+    if kernel == "beaumont":
+        covariances = (2.0 * covariance).unsqueeze(0)
+    elif kernel == "silverman":
+        n = effective_sample_size(state.log_weight).clamp(min=1.0)
+        factor = (4.0 / (n * (dim + 2))) ** (1.0 / (dim + 4))
+        covariances = (factor.square() * covariance).unsqueeze(0)
+    else:
+        # Filippi et al.'s OLCM: the particles already within the next tolerance, reweighted.
+        inside = (state.distance.to(torch.float64) <= epsilon) & (weights > 0)
+        inside_weights = torch.where(inside, weights, 0.0)
+        total = inside_weights.sum()
+        # Fewer than two inside (only with a floor far below the population): use them all.
+        enough = (inside.sum() >= 2) & (total > 0)
+        sub_weights = torch.where(enough, inside_weights / total.clamp(min=1e-300), weights)
+        sub_mean, sub_covariance = _weighted_moments(u, sub_weights)
+        offset = sub_mean - u  # (N, D)
+        covariances = sub_covariance + offset.unsqueeze(-1) * offset.unsqueeze(-2)
+    scale_tril = torch.linalg.cholesky(_regularize(covariances))
+    eye = torch.eye(dim, dtype=torch.float64, device=u.device).expand_as(scale_tril)
+    inverse_tril = torch.linalg.solve_triangular(scale_tril, eye, upper=False)
+    log_det = torch.diagonal(scale_tril, dim1=-2, dim2=-1).log().sum(-1)
+    return Proposal(u, log_weight, scale_tril, inverse_tril, log_det)
+
+
+def propose(
+    generator: torch.Generator, proposal: Proposal, count: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """``count`` independent draws ``(count, D)`` of the mixture, in ``dtype``."""
+    weights = proposal.log_weight.exp()
+    index = torch.multinomial(weights, count, replacement=True, generator=generator)
+    dim = proposal.centre.shape[1]
+    noise = torch.randn(count, dim, generator=generator, device=weights.device, dtype=torch.float64)
+    tril = proposal.scale_tril[index] if proposal.scale_tril.shape[0] > 1 else proposal.scale_tril
+    step = (tril @ noise.unsqueeze(-1)).squeeze(-1)
+    return (proposal.centre[index] + step).to(dtype)
+
+
+def log_proposal_density(proposal: Proposal, u: torch.Tensor) -> torch.Tensor:
+    """``log q(u)`` ``(M,)`` float64 for ``u`` ``(M, D)``, without the ``-D/2 log 2 pi``."""
+    u = u.to(torch.float64)
+    shared = proposal.scale_tril.shape[0] == 1
+    parts = []
+    for chunk in torch.split(u, DENSITY_CHUNK):
+        if shared:
+            inverse = proposal.inverse_tril[0]
+            squared = torch.cdist(chunk @ inverse.T, proposal.centre @ inverse.T).square()
+        else:
+            difference = chunk.unsqueeze(1) - proposal.centre.unsqueeze(0)  # (m, N, D)
+            whitened = torch.einsum("njk,mnk->mnj", proposal.inverse_tril, difference)
+            squared = whitened.square().sum(-1)
+        log_component = -0.5 * squared - proposal.log_det
+        parts.append(torch.logsumexp(proposal.log_weight + log_component, dim=-1))
+    return torch.cat(parts)
+
+
+def importance_log_weights(proposal: Proposal, u: torch.Tensor) -> torch.Tensor:
+    """``log N(u; 0, I) - log q(u)`` ``(M,)`` float64, shifted so the largest is 0."""
+    log_prior = -0.5 * u.to(torch.float64).square().sum(-1)
+    log_weight = log_prior - log_proposal_density(proposal, u)
+    return log_weight - log_weight.max()
+
+
+def _batched(simulator: Simulator, batch_size: int) -> Callable[[torch.Tensor], Simulation]:
+    def simulate(u: torch.Tensor) -> Simulation:
+        if u.shape[0] <= batch_size:
+            return simulator(u)
+        parts = [simulator(chunk) for chunk in torch.split(u, batch_size)]
+        return Simulation(*(torch.cat(field) for field in zip(*parts, strict=True)))
+
+    return simulate
+
+
+class _Generation(NamedTuple):
+    """What one generation's simulations gave: the accepted particles (at most ``N``)."""
+
+    u: torch.Tensor
+    values: torch.Tensor
+    distance: torch.Tensor
+    proposed: int
+    accepted: int
+
+
+def _simulate_generation(
+    generator: torch.Generator,
+    proposal: Proposal,
+    simulate: Callable[[torch.Tensor], Simulation],
+    epsilon: torch.Tensor,
+    count: int,
+    budget_left: int,
+    rate: float,
+    batch_size: int,
+    dtype: torch.dtype,
+) -> _Generation:
+    """Propose and simulate in batches until ``count`` are accepted or ``budget_left`` is spent;
+    ``rate`` (the expected acceptance rate) sizes the first batch."""
+    kept_u, kept_values, kept_distance = [], [], []
+    accepted = proposed = 0
+    seen_accepted = 0
+    while accepted < count and proposed < budget_left:
+        estimate = max(rate if seen_accepted == 0 else seen_accepted / proposed, 1e-4)
+        size = math.ceil((count - accepted) / estimate)
+        size = min(max(size, MIN_BATCH), batch_size, budget_left - proposed)
+        u = propose(generator, proposal, size, dtype)
+        simulation = simulate(u)
+        proposed += size
+        inside = simulation.distance.to(torch.float64) <= epsilon  # NaN: False
+        index = torch.nonzero(inside).squeeze(-1)
+        found = int(index.shape[0])  # one host read per batch
+        seen_accepted += found
+        index = index[: count - accepted]
+        accepted += int(index.shape[0])
+        kept_u.append(u[index])
+        kept_values.append(simulation.values[index])
+        kept_distance.append(simulation.distance[index])
+    return _Generation(
+        torch.cat(kept_u), torch.cat(kept_values), torch.cat(kept_distance), proposed, accepted
+    )
+
+
+def run_pmc(
+    program: Callable[[], Any],
+    layout: WhiteningLayout,
+    observation: Mapping[str, torch.Tensor],
+    *,
+    simulations: int,
+    particles: int,
+    draws: int,
+    quantile: float,
+    kernel: str,
+    epsilon: float | None,
+    summary: Callable,
+    distance: str | Callable | None,
+    seed: int,
+    device: str,
+    batch_size: int,
+    pilot_size: int,
+    progress: bool,
+    settings: dict[str, Any],
+) -> Posterior:
+    """Run ABC-PMC and return a one-chain :class:`Posterior` of ``draws`` equal-weight draws.
+
+    Args:
+        program, layout, observation, summary: as for the ABC-MCMC runner (the layout does not
+            whiten the observed sites: every simulation draws fresh noise).
+        simulations: the hard budget: every simulator call, pilot included
+            (``>= pilot_size``; the caller checks).
+        particles: population size ``N`` (``<= pilot_size``).
+        draws: equal-weight draws returned, resampled from the final weighted population.
+        quantile: each tolerance is this weighted quantile of the previous distances.
+        kernel: one of :data:`KERNELS`.
+        epsilon: final tolerance (a floor of the schedule; None: adaptive to the end).
+        distance: distance name or callable (resolved with the pilot's summaries).
+        seed: seeds every random number of the run.
+        device: where to simulate.
+        batch_size: most simulations per program call.
+        pilot_size: prior simulations for the distance's scale; the best ``N`` are generation 0.
+        progress: show a tqdm bar over simulations.
+        settings: JSON-serializable options to record.
+
+    Returns:
+        A :class:`Posterior` with samples ``(1, draws, *event)``, sample stats ``distance``,
+        ``accepted`` (all True), ``epsilon``; in ``settings`` per generation
+        ``epsilon_sequence`` (generation 0 first), ``acceptance_rates``,
+        ``simulations_per_generation``, ``effective_sample_sizes``; ``generations`` (complete
+        ones), ``partial_generation`` (None, or ``{"accepted", "effective_sample_size",
+        "epsilon", "used"}`` for one the budget cut short), ``final_effective_sample_size``,
+        ``epsilon_target``, ``epsilon_reached``, ``stop_reason``.
+    """
+    start = time.perf_counter()
+    torch_device = torch.device(device)
+    master = torch.Generator().manual_seed(seed)
+    kernel_seed, simulator_seed = torch.randint(0, 2**62, (2,), generator=master).tolist()
+    generator = torch.Generator(device=torch_device).manual_seed(kernel_seed)
+    simulator = Simulator(
+        program, layout, observation, summary, device=torch_device, seed=simulator_seed
+    )
+    dtype = layout.dtype
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=simulations, desc="abc_pmc", unit="sim", mininterval=0.5)
+
+    def advance() -> None:
+        if bar is not None:
+            bar.update(simulator.n_simulations - bar.n)
+
+    try:
+        # Pilot: prior simulations; their summaries set the distance, their best are generation 0.
+        pilot_u, pilot_values, pilot_summaries = [], [], []
+        for begin in range(0, pilot_size, batch_size):
+            size = min(batch_size, pilot_size - begin)
+            u = torch.randn(size, layout.dim, generator=generator, device=torch_device, dtype=dtype)
+            _, values, summaries = simulator.run(u)
+            pilot_u.append(u)
+            pilot_values.append(values)
+            pilot_summaries.append(summaries)
+        all_summaries = torch.cat(pilot_summaries)
+        distance_fn = resolve_distance(distance, all_summaries)
+        simulator.set_distance(distance_fn)
+        with torch.no_grad():
+            pilot_distance = distance_fn(all_summaries, simulator.observed_summary)
+        all_pilot_values = torch.cat(pilot_values)
+        state = init(torch.cat(pilot_u), all_pilot_values, pilot_distance, particles)
+        advance()
+        pilot_seconds = time.perf_counter() - start
+        simulate = _batched(simulator, batch_size)
+
+        floor = 0.0 if epsilon is None else float(epsilon)
+        record: dict[str, list] = {
+            "epsilon_sequence": [float(state.epsilon)],
+            "acceptance_rates": [particles / pilot_size],
+            "simulations_per_generation": [pilot_size],
+            "effective_sample_sizes": [float(particles)],
+        }
+        rate = particles / pilot_size
+        stop_reason = "budget"
+        partial = None
+        while simulations - simulator.n_simulations > 0:
+            epsilon_t = next_epsilon(state, quantile, floor)
+            epsilon_value = float(epsilon_t)
+            if epsilon is None and not epsilon_value < float(state.epsilon):
+                stop_reason = "epsilon_stalled"
+                break
+            proposal = fit_proposal(state, kernel, epsilon_t)
+            generation = _simulate_generation(
+                generator,
+                proposal,
+                simulate,
+                epsilon_t,
+                particles,
+                simulations - simulator.n_simulations,
+                rate,
+                batch_size,
+                dtype,
+            )
+            advance()
+            if generation.accepted == 0:
+                stop_reason = "budget"
+                break
+            log_weight = importance_log_weights(proposal, generation.u)
+            ess = float(effective_sample_size(log_weight))
+            new_state = PMCState(
+                generation.u, generation.values, generation.distance, log_weight, epsilon_t
+            )
+            if generation.accepted < particles:
+                # The budget ended inside the generation: see the module doc.
+                previous_ess = float(effective_sample_size(state.log_weight))
+                used = ess >= PARTIAL_ESS_FRACTION * previous_ess
+                partial = {
+                    "accepted": generation.accepted,
+                    "simulations": generation.proposed,
+                    "effective_sample_size": ess,
+                    "epsilon": epsilon_value,
+                    "used": used,
+                }
+                if used:
+                    state = new_state
+                break
+            rate = particles / generation.proposed
+            state = new_state
+            record["epsilon_sequence"].append(epsilon_value)
+            record["acceptance_rates"].append(rate)
+            record["simulations_per_generation"].append(generation.proposed)
+            record["effective_sample_sizes"].append(ess)
+            if bar is not None:
+                bar.set_postfix(eps=f"{epsilon_value:.3g}", acc=f"{rate:.3f}", refresh=False)
+        final_ess = float(effective_sample_size(state.log_weight))
+        index = systematic_indices(generator, state.log_weight, draws)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    final_epsilon = float(state.epsilon)
+    reached = epsilon is None or final_epsilon <= floor
+    if not reached:
+        warnings.warn(
+            f"abc_pmc spent its budget of {simulations} simulations before reaching epsilon="
+            f"{epsilon}; the population targets epsilon={final_epsilon:.4g}. Raise simulations, "
+            "or lower quantile so the tolerance falls faster.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    values = state.values[index].cpu()
+    samples = {name: value.unsqueeze(0) for name, value in layout.split_values(values).items()}
+    stats = {
+        "distance": state.distance[index].cpu().unsqueeze(0),
+        "accepted": torch.ones(1, draws, dtype=torch.bool),
+        "epsilon": torch.full((1, draws), final_epsilon, dtype=dtype),
+    }
+    prior = {
+        name: value.unsqueeze(0)
+        for name, value in layout.split_values(all_pilot_values.cpu()).items()
+    }
+    wall_time = time.perf_counter() - start
+    full_settings = dict(settings)
+    full_settings.update(record)
+    full_settings.update(
+        {
+            "generations": len(record["epsilon_sequence"]),
+            "partial_generation": partial,
+            "epsilon_target": final_epsilon,
+            "epsilon_reached": reached,
+            "final_effective_sample_size": final_ess,
+            "stop_reason": stop_reason,
+            "layout": layout.describe(),
+        }
+    )
+    return Posterior(
+        samples,
+        stats,
+        {name: value.detach().cpu() for name, value in observation.items()},
+        method="abc_pmc",
+        settings=full_settings,
+        n_simulations=simulator.n_simulations,
+        wall_time=wall_time,
+        prior=prior,
+        timings={
+            "pilot": pilot_seconds,
+            "simulate": simulator.seconds,
+            "total": wall_time,
+            "overhead_fraction": max(0.0, 1.0 - simulator.seconds / max(wall_time, 1e-12)),
+        },
+    )
+
+
+def systematic_indices(
+    generator: torch.Generator, log_weight: torch.Tensor, count: int
+) -> torch.Tensor:
+    """``count`` ancestor indices drawn systematically in proportion to the weights ``(N,)``:
+    one uniform ``U``, positions ``(i + U) / count``. Each particle appears ``floor`` or
+    ``ceil`` of ``count * w`` times."""
+    weights = normalized_weights(log_weight)
+    offset = torch.rand((), generator=generator, device=weights.device, dtype=torch.float64)
+    positions = (torch.arange(count, device=weights.device, dtype=torch.float64) + offset) / count
+    cumulative = torch.cumsum(weights, dim=0)
+    cumulative = cumulative / cumulative[-1]
+    index = torch.searchsorted(cumulative, positions, right=True)
+    return index.clamp(max=weights.shape[0] - 1)
