@@ -611,6 +611,7 @@ _ABC_PMC_OPTIONS: dict[str, Any] = {
     "simulations": 20_000,
     "particles": 1000,
     "draws": None,
+    "resample": True,
     "quantile": 0.5,
     "kernel": "olcm",
     "epsilon": None,
@@ -1135,6 +1136,13 @@ def _run_abc_pmc(program, observation, options, explicit) -> Posterior:
     particles = _check_int("particles", options["particles"], 2)
     draws = options["draws"]
     draws = particles if draws is None else _check_int("draws", draws, 1)
+    resample = _check_bool("resample", options["resample"])
+    if not resample and options["draws"] is not None:
+        raise ValueError(
+            f"draws={options['draws']!r} sets how many equal-weight draws the final population is "
+            "resampled into, but resample=False returns the weighted population itself; leave "
+            "draws out, or resample."
+        )
     quantile = _check_fraction("quantile", options["quantile"])
     if quantile >= 1.0:
         raise ValueError(
@@ -1176,6 +1184,7 @@ def _run_abc_pmc(program, observation, options, explicit) -> Posterior:
         "simulations": simulations,
         "particles": particles,
         "draws": draws,
+        "resample": resample,
         "quantile": quantile,
         "kernel": kernel,
         "epsilon": epsilon,
@@ -1193,6 +1202,7 @@ def _run_abc_pmc(program, observation, options, explicit) -> Posterior:
         simulations=simulations,
         particles=particles,
         draws=draws,
+        resample=resample,
         quantile=quantile,
         kernel=kernel,
         epsilon=epsilon,

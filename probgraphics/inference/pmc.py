@@ -29,16 +29,20 @@ whose image under the whitening transform ``T`` is the indicator-kernel ABC post
   ``q`` restricted to the acceptance region). (4) Each accepted particle gets the importance
   weight ``w ∝ N(u; 0, I) / q(u)``, normalized.
 * **Budget.** Every simulator call counts, pilot included: a batch is never larger than what is
-  left, so ``n_simulations <= simulations``. When the budget ends inside a generation, its
-  accepted particles so far are still independent draws of ``q`` given acceptance, so with their
-  importance weights they are a valid (smaller) weighted sample of ``pi_t``, the smaller
-  tolerance. They are returned when their effective sample size is at least
-  :data:`PARTIAL_ESS_FRACTION` of the previous generation's; otherwise the previous generation
-  is.
+  left, so ``n_simulations <= simulations``. A generation whose expected cost (``particles``
+  over the expected acceptance rate, :func:`expected_rate`) is more than half of what is left
+  is the last: it spends all that is left at its tolerance and keeps every acceptance, which
+  are as many independent draws of ``q`` given acceptance as the fixed number of proposals
+  gave, so with their importance weights a valid weighted sample of ``pi_t`` (of random size,
+  often more than ``particles``). A generation cut short by the budget is, for the same
+  reason, a valid weighted sample of ``pi_t``, only smaller. A last generation with fewer than
+  ``particles`` accepted is returned when its effective sample size is at least
+  :data:`PARTIAL_ESS_FRACTION` of the previous generation's (its tolerance is smaller), else
+  the previous generation is.
 * **Stop.** When the budget is spent; with no final ``epsilon``, also when the tolerance stops
   decreasing (ties in the distances).
-* **Result.** The final weighted population resampled (systematically) to ``draws`` equal-weight
-  draws: one chain, like ``abc_smc``'s.
+* **Result.** The final weighted population resampled (systematically) to ``draws``
+  equal-weight draws: one chain, like ``abc_smc``'s.
 
 Blackjax style: pure functions over the immutable :class:`PMCState` and :class:`Proposal`, whose
 tensors lead with the particle dimension; per-particle decisions are masks; randomness comes from
@@ -86,6 +90,9 @@ KERNELS = ("olcm", "beaumont", "silverman")
 #: A generation cut short by the budget is returned when its effective sample size is at least
 #: this fraction of the previous complete generation's (its tolerance is smaller).
 PARTIAL_ESS_FRACTION = 0.5
+#: A generation is the last when the budget left is below this many times its expected cost
+#: (``particles`` over the expected acceptance rate): it then spends all of it.
+LAST_GENERATION_FACTOR = 2.0
 #: Smallest batch simulated inside a generation (the fixed cost of a call is not worth less).
 MIN_BATCH = 256
 #: Accepted particles whose mixture density is evaluated at once (memory ``chunk * N * D``).
@@ -250,6 +257,13 @@ def importance_log_weights(proposal: Proposal, u: torch.Tensor) -> torch.Tensor:
     return log_weight - log_weight.max()
 
 
+def expected_rate(rates: list[float]) -> float:
+    """The next generation's expected acceptance rate from the previous ones: the last rate
+    times the last ratio of consecutive rates (clipped to ``[0.05, 1]``; 0.5 with one rate)."""
+    decay = 0.5 if len(rates) < 2 else min(max(rates[-1] / rates[-2], 0.05), 1.0)
+    return max(rates[-1] * decay, 1e-6)
+
+
 def _batched(simulator: Simulator, batch_size: int) -> Callable[[torch.Tensor], Simulation]:
     def simulate(u: torch.Tensor) -> Simulation:
         if u.shape[0] <= batch_size:
@@ -275,20 +289,22 @@ def _simulate_generation(
     proposal: Proposal,
     simulate: Callable[[torch.Tensor], Simulation],
     epsilon: torch.Tensor,
-    count: int,
+    count: int | None,
     budget_left: int,
     rate: float,
     batch_size: int,
     dtype: torch.dtype,
 ) -> _Generation:
-    """Propose and simulate in batches until ``count`` are accepted or ``budget_left`` is spent;
-    ``rate`` (the expected acceptance rate) sizes the first batch."""
+    """Propose and simulate in batches until ``count`` are accepted or ``budget_left`` is spent
+    (``count=None``: spend it all, keep every acceptance); ``rate`` (the expected acceptance
+    rate) sizes the first batch."""
     kept_u, kept_values, kept_distance = [], [], []
     accepted = proposed = 0
     seen_accepted = 0
-    while accepted < count and proposed < budget_left:
+    limit = math.inf if count is None else count
+    while accepted < limit and proposed < budget_left:
         estimate = max(rate if seen_accepted == 0 else seen_accepted / proposed, 1e-4)
-        size = math.ceil((count - accepted) / estimate)
+        size = batch_size if count is None else math.ceil((count - accepted) / estimate)
         size = min(max(size, MIN_BATCH), batch_size, budget_left - proposed)
         u = propose(generator, proposal, size, dtype)
         simulation = simulate(u)
@@ -297,7 +313,8 @@ def _simulate_generation(
         index = torch.nonzero(inside).squeeze(-1)
         found = int(index.shape[0])  # one host read per batch
         seen_accepted += found
-        index = index[: count - accepted]
+        if count is not None:
+            index = index[: count - accepted]
         accepted += int(index.shape[0])
         kept_u.append(u[index])
         kept_values.append(simulation.values[index])
@@ -315,6 +332,7 @@ def run_pmc(
     simulations: int,
     particles: int,
     draws: int,
+    resample: bool,
     quantile: float,
     kernel: str,
     epsilon: float | None,
@@ -327,7 +345,8 @@ def run_pmc(
     progress: bool,
     settings: dict[str, Any],
 ) -> Posterior:
-    """Run ABC-PMC and return a one-chain :class:`Posterior` of ``draws`` equal-weight draws.
+    """Run ABC-PMC and return a one-chain :class:`Posterior` of ``draws`` equal-weight draws
+    (with ``resample=False``: the weighted population).
 
     Args:
         program, layout, observation, summary: as for the ABC-MCMC runner (the layout does not
@@ -336,6 +355,9 @@ def run_pmc(
             (``>= pilot_size``; the caller checks).
         particles: population size ``N`` (``<= pilot_size``).
         draws: equal-weight draws returned, resampled from the final weighted population.
+        resample: False returns the final weighted population itself instead (``draws`` is
+            then ignored), its normalized log weights in ``sample_stats["log_weight"]``: not
+            an equal-weight sample (weighted means, ``numpy.average``, not plain ones).
         quantile: each tolerance is this weighted quantile of the previous distances.
         kernel: one of :data:`KERNELS`.
         epsilon: final tolerance (a floor of the schedule; None: adaptive to the end).
@@ -351,9 +373,11 @@ def run_pmc(
         A :class:`Posterior` with samples ``(1, draws, *event)``, sample stats ``distance``,
         ``accepted`` (all True), ``epsilon``; in ``settings`` per generation
         ``epsilon_sequence`` (generation 0 first), ``acceptance_rates``,
-        ``simulations_per_generation``, ``effective_sample_sizes``; ``generations`` (complete
-        ones), ``partial_generation`` (None, or ``{"accepted", "effective_sample_size",
-        "epsilon", "used"}`` for one the budget cut short), ``final_effective_sample_size``,
+        ``simulations_per_generation``, ``effective_sample_sizes``, all of ``particles``-sized
+        generations; ``generations`` (their count); ``last_generation`` (None when the run
+        stopped on a stalled tolerance, else ``{"accepted", "simulations",
+        "effective_sample_size", "epsilon", "used"}`` for the one that ended the budget, and
+        whether it is the result), ``final_effective_sample_size``,
         ``epsilon_target``, ``epsilon_reached``, ``stop_reason``.
     """
     start = time.perf_counter()
@@ -405,39 +429,51 @@ def run_pmc(
         }
         rate = particles / pilot_size
         stop_reason = "budget"
-        partial = None
+        last = None
         while simulations - simulator.n_simulations > 0:
             epsilon_t = next_epsilon(state, quantile, floor)
             epsilon_value = float(epsilon_t)
             if epsilon is None and not epsilon_value < float(state.epsilon):
                 stop_reason = "epsilon_stalled"
                 break
+            remaining = simulations - simulator.n_simulations
+            expected = expected_rate(record["acceptance_rates"])
+            # The last generation keeps every acceptance of the rest of the budget (module doc).
+            final = remaining < LAST_GENERATION_FACTOR * particles / expected
             proposal = fit_proposal(state, kernel, epsilon_t)
             generation = _simulate_generation(
                 generator,
                 proposal,
                 simulate,
                 epsilon_t,
-                particles,
-                simulations - simulator.n_simulations,
+                None if final else particles,
+                remaining,
                 rate,
                 batch_size,
                 dtype,
             )
             advance()
             if generation.accepted == 0:
-                stop_reason = "budget"
+                last = {
+                    "accepted": 0,
+                    "simulations": generation.proposed,
+                    "effective_sample_size": 0.0,
+                    "epsilon": epsilon_value,
+                    "used": False,
+                }
                 break
             log_weight = importance_log_weights(proposal, generation.u)
             ess = float(effective_sample_size(log_weight))
             new_state = PMCState(
                 generation.u, generation.values, generation.distance, log_weight, epsilon_t
             )
-            if generation.accepted < particles:
-                # The budget ended inside the generation: see the module doc.
+            if final or generation.accepted < particles:
+                # The budget ends with this generation: see the module doc.
                 previous_ess = float(effective_sample_size(state.log_weight))
-                used = ess >= PARTIAL_ESS_FRACTION * previous_ess
-                partial = {
+                used = generation.accepted >= particles or (
+                    ess >= PARTIAL_ESS_FRACTION * previous_ess
+                )
+                last = {
                     "accepted": generation.accepted,
                     "simulations": generation.proposed,
                     "effective_sample_size": ess,
@@ -456,7 +492,11 @@ def run_pmc(
             if bar is not None:
                 bar.set_postfix(eps=f"{epsilon_value:.3g}", acc=f"{rate:.3f}", refresh=False)
         final_ess = float(effective_sample_size(state.log_weight))
-        index = systematic_indices(generator, state.log_weight, draws)
+        if resample:
+            index = systematic_indices(generator, state.log_weight, draws)
+        else:
+            index = torch.arange(state.u.shape[0], device=state.u.device)
+            draws = state.u.shape[0]
     finally:
         if bar is not None:
             bar.close()
@@ -478,6 +518,9 @@ def run_pmc(
         "accepted": torch.ones(1, draws, dtype=torch.bool),
         "epsilon": torch.full((1, draws), final_epsilon, dtype=dtype),
     }
+    if not resample:
+        log_weight = state.log_weight - torch.logsumexp(state.log_weight, 0)
+        stats["log_weight"] = log_weight.cpu().unsqueeze(0)
     prior = {
         name: value.unsqueeze(0)
         for name, value in layout.split_values(all_pilot_values.cpu()).items()
@@ -488,7 +531,7 @@ def run_pmc(
     full_settings.update(
         {
             "generations": len(record["epsilon_sequence"]),
-            "partial_generation": partial,
+            "last_generation": last,
             "epsilon_target": final_epsilon,
             "epsilon_reached": reached,
             "final_effective_sample_size": final_ess,

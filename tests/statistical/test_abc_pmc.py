@@ -13,13 +13,15 @@ probability has a closed form, and the target's moments come from quadrature on 
   eps) / s)``, and the posterior is cut by the bound, which the whitened space's weights must
   respect.
 
-The final population is importance weighted and then resampled systematically into ``draws``
-equal-weight draws, so the Monte Carlo standard errors use ``n = 1 / (1 / ESS + 1 / draws)``,
-with ESS the final population's Kish effective sample size (recorded by the run); the errors
-must be within 4 such standard errors, for every kernel. The tolerances are well above the
-accepted draws' spread from the exact ABC target at a tolerance twice as large, so a population
-that does not reach ``epsilon``, or weights that leave out the prior or the proposal density,
-fail. Seeds are fixed and were not tuned.
+The final population is taken unresampled (``resample=False``) with its importance weights, and
+the Monte Carlo standard errors are the self-normalized importance sampling estimate's
+delta-method ones, ``sqrt(sum_i w_i^2 (f_i - estimate)^2)``; the errors must be within 4 such
+standard errors, for every kernel. (The first version used Kish's effective sample size of the
+weights instead: over 12 seeds apart from the test's, the variance errors' z-scores so computed
+had a standard deviation near 2 for the narrow kernels, "silverman" and "olcm", whose weights
+are heavy-tailed where the kernel under-covers the target; the delta-method errors account for
+which particles carry the weight.) Weights that leave out the prior or the proposal density,
+or equal weights, fail (checked by hand on this file). Seeds are fixed and were not tuned.
 """
 
 from __future__ import annotations
@@ -37,24 +39,28 @@ from probgraphics.inference.pmc import KERNELS
 from probgraphics.programs.toy import linear_gaussian
 
 MCSE_TOLERANCE = 4.0
-DRAWS = 4000
 
 
-def check_moments(values: np.ndarray, mean: np.ndarray, variance: np.ndarray, n: float) -> None:
-    """Per coordinate: mean and variance of ``values`` ``(draws, K)`` within MCSE of the target,
-    with ``n`` the effective sample size."""
+def check_moments(posterior, site: str, mean: np.ndarray, variance: np.ndarray) -> None:
+    """Per coordinate: the weighted population's mean and variance within MCSE of the target.
+
+    The population comes unresampled (``resample=False``) with its normalized weights ``w``;
+    the self-normalized importance sampling estimate ``sum_i w_i f_i`` of ``E[f]`` has the
+    delta-method standard error ``sqrt(sum_i w_i^2 (f_i - estimate)^2)``."""
+    weights = posterior.sample_stats["log_weight"][0].double().exp().numpy()
+    assert abs(weights.sum() - 1.0) < 1e-9
+    values = posterior.samples[site][0].double().numpy().reshape(weights.shape[0], -1)
     for k in range(values.shape[1]):
         column = values[:, k]
-        error = column.mean() - mean[k]
-        assert abs(error) < MCSE_TOLERANCE * column.std() / math.sqrt(n), ("mean", k, error)
-        squares = (column - column.mean()) ** 2
-        error = column.var() - variance[k]
-        assert abs(error) < MCSE_TOLERANCE * squares.std() / math.sqrt(n), ("variance", k, error)
-
-
-def effective_draws(posterior) -> float:
-    ess = posterior.settings["final_effective_sample_size"]
-    return 1.0 / (1.0 / ess + 1.0 / DRAWS)
+        estimate = weights @ column
+        error = estimate - mean[k]
+        mcse = math.sqrt(weights**2 @ (column - estimate) ** 2)
+        assert abs(error) < MCSE_TOLERANCE * mcse, ("mean", k, error, mcse)
+        squares = (column - estimate) ** 2
+        spread = weights @ squares
+        error = spread - variance[k]
+        mcse = math.sqrt(weights**2 @ (squares - spread) ** 2)
+        assert abs(error) < MCSE_TOLERANCE * mcse, ("variance", k, error, mcse)
 
 
 def linear_gaussian_target(program, x: torch.Tensor, epsilon: float):
@@ -87,7 +93,7 @@ def test_linear_gaussian_matches_the_exact_indicator_abc_target(kernel):
         method="abc_pmc",
         simulations=30_000,
         particles=1000,
-        draws=DRAWS,
+        resample=False,
         epsilon=epsilon,
         kernel=kernel,
         distance="l2",
@@ -99,9 +105,8 @@ def test_linear_gaussian_matches_the_exact_indicator_abc_target(kernel):
     assert settings["epsilon_reached"] and settings["epsilon_target"] == epsilon
     assert posterior.n_simulations <= 30_000
     assert settings["epsilon_sequence"].count(epsilon) >= 2  # generations at epsilon itself
-    z = posterior.samples["z"][0].double().numpy()  # (DRAWS, 2)
     mean, variance = linear_gaussian_target(program, x, epsilon)
-    check_moments(z, mean, variance, effective_draws(posterior))
+    check_moments(posterior, "z", mean, variance)
 
 
 LOW, HIGH, NOISE = -1.0, 2.0, 0.3
@@ -131,7 +136,7 @@ def test_a_bounded_prior_matches_the_exact_indicator_abc_target(kernel):
         method="abc_pmc",
         simulations=20_000,
         particles=1000,
-        draws=DRAWS,
+        resample=False,
         epsilon=epsilon,
         kernel=kernel,
         summary="identity",
@@ -140,7 +145,6 @@ def test_a_bounded_prior_matches_the_exact_indicator_abc_target(kernel):
         progress=False,
     )
     assert posterior.settings["epsilon_reached"]
-    theta = posterior.samples["theta"][0].double().numpy()  # (DRAWS, 1)
-    assert theta.max() <= HIGH
+    assert float(posterior.samples["theta"].max()) <= HIGH
     mean, variance = bounded_target(x, epsilon)
-    check_moments(theta, mean, variance, effective_draws(posterior))
+    check_moments(posterior, "theta", mean, variance)

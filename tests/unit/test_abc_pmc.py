@@ -44,8 +44,8 @@ def test_the_budget_is_never_exceeded(toy, simulations, kernel):
     # Every generation but a cut-short last one has exactly `particles` particles, and the
     # record adds up to what was spent.
     spent = sum(settings["simulations_per_generation"])
-    partial = settings["partial_generation"]
-    spent += 0 if partial is None else partial["simulations"]
+    last = settings["last_generation"]
+    spent += 0 if last is None else last["simulations"]
     assert spent == posterior.n_simulations
     if settings["stop_reason"] == "budget":
         assert posterior.n_simulations == simulations  # nothing left unspent
@@ -108,8 +108,12 @@ def test_weights_are_finite_and_the_population_is_not_degenerate(toy, kernel):
     program, observation = toy
     posterior = _run(program, observation, simulations=20_000, particles=500, kernel=kernel)
     settings = posterior.settings
-    sizes = settings["effective_sample_sizes"] + [settings["final_effective_sample_size"]]
+    sizes = settings["effective_sample_sizes"]
     assert all(math.isfinite(size) and 1.0 <= size <= 500.0 + 1e-6 for size in sizes)
+    # The last generation keeps every acceptance of the budget's rest: maybe more than 500.
+    last = settings["last_generation"]
+    final = settings["final_effective_sample_size"]
+    assert math.isfinite(final) and 1.0 <= final <= max(500, last["accepted"]) + 1e-6
     # Importance weights of a sensible kernel keep most of the population.
     assert settings["final_effective_sample_size"] > 0.3 * 500
     assert bool(torch.isfinite(posterior.samples["z"]).all())
@@ -168,6 +172,19 @@ def test_proposals_follow_the_mixture():
     covariance = covariance + (centred * weights.unsqueeze(-1)).T @ centred
     assert torch.allclose(draws.mean(0), mean, atol=0.02)
     assert torch.allclose(torch.cov(draws.T), covariance, rtol=0.03, atol=0.02)
+
+
+def test_resample_false_returns_the_weighted_population(toy):
+    program, observation = toy
+    posterior = _run(program, observation, simulations=8_000, particles=300, resample=False)
+    log_weight = posterior.sample_stats["log_weight"][0].double()
+    assert bool(torch.isfinite(log_weight).all())
+    assert abs(float(torch.logsumexp(log_weight, 0))) < 1e-9
+    last = posterior.settings["last_generation"]
+    expected = last["accepted"] if last["used"] else 300
+    assert tuple(posterior.samples["z"].shape) == (1, expected, 3)
+    with pytest.raises(ValueError, match="resample=False returns the weighted population"):
+        _run(program, observation, simulations=8_000, particles=300, resample=False, draws=10)
 
 
 def test_systematic_indices_follow_the_weights():
