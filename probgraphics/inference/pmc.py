@@ -3,9 +3,10 @@
 Beaumont, Cornuet, Marin & Robert (2009), "Adaptive approximate Bayesian computation", with the
 tolerance schedule of pyabc (each tolerance the weighted median of the previous generation's
 accepted distances) and optionally the locally optimal kernel covariance of Filippi, Barnes,
-Cornebise & Stumpf (2013). It works in the engine's whitened space ``u ~ N(0, I)`` (DESIGN
-section 4), where the prior density is ``N(u; 0, I)`` and every proposal lies in the prior's
-support (no simulation is spent on a proposal outside it). The target of generation ``t`` is
+Cornebise & Stumpf (2013) or a nearest-neighbour one. It works in the engine's whitened space
+``u ~ N(0, I)`` (DESIGN section 4), where the prior density is ``N(u; 0, I)`` and every
+proposal lies in the prior's support (no simulation is spent on a proposal outside it). The
+target of generation ``t`` is
 
     pi_t(u) ∝ N(u; 0, I) P(rho(s(x_sim(T(u))), s(x_obs)) <= eps_t),   eps_0 > eps_1 > ...
 
@@ -22,7 +23,11 @@ whose image under the whitening transform ``T`` is the indicator-kernel ABC post
   Silverman's factor ``h = (4 / (n (D + 2)))^(1 / (D + 4))`` at the effective sample size ``n``
   (pyabc's default ``MultivariateNormalTransition``), ``"olcm"`` Filippi et al.'s locally
   optimal ``Sigma_j = sum_k w'_k (u_k - u_j)(u_k - u_j)^T`` over the particles ``k`` already
-  within ``eps_t`` (weights ``w'`` renormalized among them), i.e. ``C' + (m' - u_j)(m' - u_j)^T``.
+  within ``eps_t`` (weights ``w'`` renormalized among them), i.e. ``C' + (m' - u_j)(m' - u_j)^T``;
+  ``"knn"`` the second moment ``(1/k) sum (u_k - u_j)(u_k - u_j)^T`` of particle ``j``'s ``k``
+  nearest neighbours (:data:`KNN_FRACTION` of the population; pyabc's ``LocalTransition``),
+  which follows a curved or thin posterior (two_moons' crescents) where one covariance for all
+  particles is as wide as the whole population.
   (3) Proposals are simulated in batches (sized from the acceptance rate so far), and those with
   distance ``<= eps_t`` are accepted until ``particles`` are (the first ones in proposal order:
   the proposals are independent, so the first ``N`` accepted are ``N`` independent draws of
@@ -86,7 +91,10 @@ __all__ = [
 
 #: Perturbation kernels: ``"olcm"`` (Filippi et al. 2013's locally optimal covariance),
 #: ``"beaumont"`` (twice the weighted covariance), ``"silverman"`` (pyabc's default bandwidth).
-KERNELS = ("olcm", "beaumont", "silverman")
+KERNELS = ("olcm", "beaumont", "silverman", "knn")
+#: ``"knn"``: each component's covariance is the second moment of its particle's nearest
+#: neighbours, this fraction of the population (pyabc's ``LocalTransition`` default) ...
+KNN_FRACTION = 0.25
 #: A generation cut short by the budget is returned when its effective sample size is at least
 #: this fraction of the previous complete generation's (its tolerance is smaller).
 PARTIAL_ESS_FRACTION = 0.5
@@ -201,6 +209,13 @@ def fit_proposal(state: PMCState, kernel: str, epsilon: torch.Tensor) -> Proposa
         n = effective_sample_size(state.log_weight).clamp(min=1.0)
         factor = (4.0 / (n * (dim + 2))) ** (1.0 / (dim + 4))
         covariances = (factor.square() * covariance).unsqueeze(0)
+    elif kernel == "knn":
+        count = u.shape[0]
+        k = min(count - 1, max(dim + 1, round(KNN_FRACTION * count)))
+        # The k nearest others (the particle itself, at distance 0, comes first).
+        neighbours = torch.cdist(u, u).topk(k + 1, largest=False).indices[:, 1:]  # (N, k)
+        offset = u[neighbours] - u.unsqueeze(1)  # (N, k, D)
+        covariances = offset.transpose(-1, -2) @ offset / k
     else:
         # Filippi et al.'s OLCM: the particles already within the next tolerance, reweighted.
         inside = (state.distance.to(torch.float64) <= epsilon) & (weights > 0)

@@ -159,6 +159,21 @@ def test_olcm_covariances_are_the_local_second_moments():
     assert torch.allclose(covariance, expected, rtol=1e-6, atol=1e-8)
 
 
+def test_knn_covariances_are_the_nearest_neighbours_second_moments():
+    state = _state(count=40, dim=2)
+    proposal = pmc.fit_proposal(state, "knn", torch.tensor(0.5, dtype=torch.float64))
+    u = state.u.double()
+    k = round(pmc.KNN_FRACTION * 40)
+    j = 3
+    distances = (u - u[j]).norm(dim=-1)
+    distances[j] = math.inf
+    nearest = torch.argsort(distances)[:k]
+    offset = u[nearest] - u[j]
+    expected = offset.T @ offset / k
+    covariance = proposal.scale_tril[j] @ proposal.scale_tril[j].T
+    assert torch.allclose(covariance, expected, rtol=1e-6, atol=1e-8)
+
+
 def test_proposals_follow_the_mixture():
     state = _state(count=4, dim=2)
     proposal = pmc.fit_proposal(state, "beaumont", torch.tensor(1.0, dtype=torch.float64))
