@@ -6,10 +6,12 @@ counts, pilots and learned-summary training included.
 
 * Ours: ``abc_rejection`` (keeps the closest ``max(100, N / 100)``); ``abc_rejection+adj``
   (keeps the closest ``max(100, N / 10)`` and adjusts them by linear regression on their
-  summaries, ``adjust="linear"``); ``abc_smc`` and ``abc_mcmc``
-  (both ``simulations=N``), each with the default summary (the raw output, standardized L2) and
-  with a learned summary (``pg.semi_automatic_summary`` fitted on ``N / 5`` of the budget, the
-  other ``4N / 5`` spent by the method): rows ``... +sa``.
+  summaries, ``adjust="linear"``); ``abc_smc``, ``abc_pmc`` (:data:`PMC_OPTIONS`, population
+  ``N / 10`` up to 1,000 as pyabc's, its final weighted population resampled into 10,000 draws
+  as pyabc's is) and ``abc_mcmc`` (all ``simulations=N``), each with the default summary (the
+  raw output, standardized L2) and with a learned summary (``pg.semi_automatic_summary``
+  fitted on ``N / 5`` of the budget, the other ``4N / 5`` spent by the method): rows
+  ``... +sa``.
 * Peers (the ``bench`` extra): sbi's MCABC (REJ-ABC) and SMCABC and pyabc's ABC-SMC, each run
   through sbibm's own runner with sbibm's defaults (``sbibm.algorithms``); ELFI's rejection
   sampler (``elfi.Rejection``, keeping the closest 100, Euclidean distance), as sbibm has no
@@ -61,10 +63,12 @@ from _common import format_table, write_json  # noqa: E402
 NUM_SAMPLES = 10_000
 #: Fraction of a learned-summary row's budget spent fitting the summary.
 SUMMARY_FRACTION = 0.2
-OURS = ("abc_rejection", "abc_smc", "abc_mcmc")
+OURS = ("abc_rejection", "abc_smc", "abc_pmc", "abc_mcmc")
 #: abc_rejection keeping a tenth of the budget, with linear regression adjustment.
 ADJUSTED = "abc_rejection+adj"
 PEERS = ("sbi_mcabc", "sbi_smcabc", "pyabc_smcabc", "elfi_rejection")
+#: abc_pmc's options in its rows (chosen on two_moons at 1e5, observation 1: docs/sbibm.md).
+PMC_OPTIONS = {"particles": 1_000, "kernel": "knn"}
 #: The bar issue 15 sets at 1e5 simulations, observation 1: the best ABC peer's C2ST.
 PEER_BAR = {"gaussian_linear": 0.71, "two_moons": 0.53, "slcp": 0.94}
 
@@ -113,6 +117,12 @@ def run_ours(
         # Its defaults (a 1,000-draw pilot, 1,024 particles) need >= 3,048 simulations.
         options["pilot_size"] = min(1_000, spend // 10)
         options["particles"] = min(1_024, spend // 10)
+    elif method == "abc_pmc":
+        # pyabc's population rule (budget / 10, at most 1,000); the final weighted population
+        # resampled into 10,000 draws, as pyabc's row resamples its weighted population.
+        options.update(PMC_OPTIONS)
+        options["particles"] = min(PMC_OPTIONS["particles"], max(10, spend // 10))
+        options["draws"] = NUM_SAMPLES
     posterior = pg.infer(
         task, observation, method=method, summary=summary, seed=seed, progress=False, **options
     )
@@ -300,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--methods",
         nargs="+",
         default=[*OURS, ADJUSTED, *(f"{m}+sa" for m in OURS), *PEERS],
-        help="ours (abc_rejection, abc_smc, abc_mcmc, each optionally +sa; "
+        help="ours (abc_rejection, abc_smc, abc_pmc, abc_mcmc, each optionally +sa; "
         "abc_rejection+adj) and peers "
         f"({', '.join(PEERS)})",
     )

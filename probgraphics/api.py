@@ -613,7 +613,7 @@ _ABC_PMC_OPTIONS: dict[str, Any] = {
     "draws": None,
     "resample": True,
     "quantile": 0.5,
-    "kernel": "olcm",
+    "kernel": "knn",
     "epsilon": None,
     "summary": None,
     "distance": "standardized_l2",
