@@ -190,8 +190,16 @@ def infer(program: Callable[[], Any], observation: Any, method: str = "abc_mcmc"
             ``adjust`` (None, or ``"linear"``: Beaumont's regression adjustment of the kept
             draws on their summaries, which lets a larger ``keep_fraction`` stay accurate where
             the parameters depend on the summary about linearly), ``summary``, ``distance``,
-            ``seed``, ``device``, ``progress``, ``batch_size``, ``pilot_size``. ``guide``
-            (amortized inference, no MCMC): ``guide`` (required: an
+            ``seed``, ``device``, ``progress``, ``batch_size``, ``pilot_size``. ``abc_pmc``
+            (population Monte Carlo ABC, :mod:`probgraphics.inference.pmc`): ``simulations``,
+            ``particles`` (1000), ``draws`` (None: ``particles`` equal-weight draws resampled
+            from the final weighted population), ``resample`` (False: that population itself,
+            its weights in ``sample_stats["log_weight"]``), ``quantile`` (0.5: each tolerance
+            the weighted median of the last generation's distances), ``kernel`` (``"knn"``,
+            ``"olcm"``, ``"beaumont"``, ``"silverman"``), ``epsilon`` (a final tolerance),
+            ``summary``, ``distance``, ``seed``, ``device``, ``progress``, ``batch_size``,
+            ``pilot_size`` (None: ``2 * particles``; its closest ``particles`` are the first
+            generation). ``guide`` (amortized inference, no MCMC): ``guide`` (required: an
             ``EncoderGuide``, or any object with ``.posterior(images, num_samples,
             generator=)``), ``chains`` (4), ``draws`` (1000), ``seed``; the draws of q are
             independent, so chains are only a reshaping of ``chains * draws`` draws. Its
