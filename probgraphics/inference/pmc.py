@@ -251,18 +251,31 @@ def propose(
 
 
 def log_proposal_density(proposal: Proposal, u: torch.Tensor) -> torch.Tensor:
-    """``log q(u)`` ``(M,)`` float64 for ``u`` ``(M, D)``, without the ``-D/2 log 2 pi``."""
+    """``log q(u)`` ``(M,)`` float64 for ``u`` ``(M, D)``, without the ``-D/2 log 2 pi``.
+
+    With one covariance per component, the Mahalanobis distances ``(u - c_j)^T P_j (u - c_j)``
+    are expanded as ``<u u^T, P_j> - 2 u^T P_j c_j + c_j^T P_j c_j``: two matrix products
+    instead of an ``(M, N, D)`` tensor (in float64; the terms are at most the squared
+    distances' scale times ``|u|^2``)."""
     u = u.to(torch.float64)
     shared = proposal.scale_tril.shape[0] == 1
+    if shared:
+        inverse = proposal.inverse_tril[0]
+        centre = proposal.centre @ inverse.T
+    else:
+        count, dim = proposal.centre.shape
+        precision = proposal.inverse_tril.transpose(-1, -2) @ proposal.inverse_tril  # (N, D, D)
+        pulled = (precision @ proposal.centre.unsqueeze(-1)).squeeze(-1)  # P_j c_j, (N, D)
+        constant = (pulled * proposal.centre).sum(-1)  # (N,)
+        flat = precision.reshape(count, dim * dim)
     parts = []
     for chunk in torch.split(u, DENSITY_CHUNK):
         if shared:
-            inverse = proposal.inverse_tril[0]
-            squared = torch.cdist(chunk @ inverse.T, proposal.centre @ inverse.T).square()
+            squared = torch.cdist(chunk @ inverse.T, centre).square()
         else:
-            difference = chunk.unsqueeze(1) - proposal.centre.unsqueeze(0)  # (m, N, D)
-            whitened = torch.einsum("njk,mnk->mnj", proposal.inverse_tril, difference)
-            squared = whitened.square().sum(-1)
+            outer = (chunk.unsqueeze(-1) * chunk.unsqueeze(-2)).reshape(chunk.shape[0], -1)
+            squared = outer @ flat.T - 2.0 * chunk @ pulled.T + constant
+            squared = squared.clamp(min=0.0)
         log_component = -0.5 * squared - proposal.log_det
         parts.append(torch.logsumexp(proposal.log_weight + log_component, dim=-1))
     return torch.cat(parts)
