@@ -86,6 +86,7 @@ __all__ = [
     "log_proposal_density",
     "importance_log_weights",
     "systematic_indices",
+    "expected_rate",
     "run_pmc",
 ]
 
@@ -106,8 +107,11 @@ PARTIAL_ESS_FRACTION = 0.5
 LAST_GENERATION_FACTOR = 2.0
 #: Smallest batch simulated inside a generation (the fixed cost of a call is not worth less).
 MIN_BATCH = 256
-#: Accepted particles whose mixture density is evaluated at once (memory ``chunk * N * D``).
+#: Accepted particles whose mixture density is evaluated at once (memory ``chunk * N``).
 DENSITY_CHUNK = 512
+#: A final population whose effective sample size is below this fraction of its particles gets
+#: a warning: its importance weights have collapsed onto a few particles.
+MIN_ESS_FRACTION = 0.05
 #: Covariances get this much of their mean diagonal added, so a collapsed population (all
 #: particles equal in some direction) still has a positive-definite kernel.
 JITTER = 1e-9
@@ -539,6 +543,17 @@ def run_pmc(
             f"abc_pmc spent its budget of {simulations} simulations before reaching epsilon="
             f"{epsilon}; the population targets epsilon={final_epsilon:.4g}. Raise simulations, "
             "or lower quantile so the tolerance falls faster.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    population = state.u.shape[0]
+    if final_ess < MIN_ESS_FRACTION * population:
+        warnings.warn(
+            f"abc_pmc's final population of {population} particles has an effective sample size "
+            f"of {final_ess:.1f}: its importance weights collapsed onto a few particles (common "
+            f"for population Monte Carlo beyond a few latent dimensions; this run has "
+            f"{layout.dim}). Its draws repeat those few. Try kernel='olcm' or 'beaumont', more "
+            "particles, or abc_rejection with adjust='linear'.",
             RuntimeWarning,
             stacklevel=3,
         )

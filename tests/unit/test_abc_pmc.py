@@ -210,6 +210,33 @@ def test_systematic_indices_follow_the_weights():
     assert counts.tolist() == [400, 200, 100, 100]
 
 
+def test_a_collapsed_population_is_reported():
+    # sbibm's gaussian_linear (10 dimensions): the weights of the final population collapse.
+    task = pg.programs.sbibm_task("gaussian_linear")
+    observation = {"x": task.observation(1)}
+    with pytest.warns(RuntimeWarning, match="importance weights collapsed") as caught:
+        posterior = pg.infer(
+            task, observation, method="abc_pmc", simulations=100_000, seed=0, progress=False
+        )
+    settings = posterior.settings
+    population = settings["last_generation"]["accepted"]
+    assert settings["final_effective_sample_size"] < pmc.MIN_ESS_FRACTION * population
+    assert "has 10)" in str(caught[0].message)
+    # two_moons' population keeps its weights spread: no warning.
+    task = pg.programs.sbibm_task("two_moons")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        posterior = pg.infer(
+            task,
+            {"x": task.observation(1)},
+            method="abc_pmc",
+            simulations=30_000,
+            seed=0,
+            progress=False,
+        )
+    assert posterior.settings["final_effective_sample_size"] > 0.3 * 1000
+
+
 def test_failed_simulations_are_never_accepted():
     prior = dist.Uniform(-torch.ones(2), torch.ones(2)).to_event(1)
 
