@@ -67,10 +67,11 @@ import torch
 
 from probgraphics.inference.distances import resolve_distance
 from probgraphics.inference.posterior import Posterior
-from probgraphics.inference.simulator import Simulation, Simulator
+from probgraphics.inference.simulator import Simulation, in_batches, seeded_simulator
 from probgraphics.inference.tempering import (
     effective_sample_size,
     normalized_weights,
+    resample_indices,
     weighted_quantile,
 )
 from probgraphics.inference.whitening import WhiteningLayout
@@ -85,7 +86,6 @@ __all__ = [
     "propose",
     "log_proposal_density",
     "importance_log_weights",
-    "systematic_indices",
     "expected_rate",
     "run_pmc",
 ]
@@ -299,16 +299,6 @@ def expected_rate(rates: list[float]) -> float:
     return max(rates[-1] * decay, 1e-6)
 
 
-def _batched(simulator: Simulator, batch_size: int) -> Callable[[torch.Tensor], Simulation]:
-    def simulate(u: torch.Tensor) -> Simulation:
-        if u.shape[0] <= batch_size:
-            return simulator(u)
-        parts = [simulator(chunk) for chunk in torch.split(u, batch_size)]
-        return Simulation(*(torch.cat(field) for field in zip(*parts, strict=True)))
-
-    return simulate
-
-
 class _Generation(NamedTuple):
     """What one generation's simulations gave: the accepted particles (at most ``N``)."""
 
@@ -417,11 +407,8 @@ def run_pmc(
     """
     start = time.perf_counter()
     torch_device = torch.device(device)
-    master = torch.Generator().manual_seed(seed)
-    kernel_seed, simulator_seed = torch.randint(0, 2**62, (2,), generator=master).tolist()
-    generator = torch.Generator(device=torch_device).manual_seed(kernel_seed)
-    simulator = Simulator(
-        program, layout, observation, summary, device=torch_device, seed=simulator_seed
+    generator, simulator = seeded_simulator(
+        program, layout, observation, summary, device=torch_device, seed=seed
     )
     dtype = layout.dtype
     bar = None
@@ -453,7 +440,7 @@ def run_pmc(
         state = init(torch.cat(pilot_u), all_pilot_values, pilot_distance, particles)
         advance()
         pilot_seconds = time.perf_counter() - start
-        simulate = _batched(simulator, batch_size)
+        simulate = in_batches(simulator, batch_size)
 
         floor = 0.0 if epsilon is None else float(epsilon)
         record: dict[str, list] = {
@@ -528,7 +515,7 @@ def run_pmc(
                 bar.set_postfix(eps=f"{epsilon_value:.3g}", acc=f"{rate:.3f}", refresh=False)
         final_ess = float(effective_sample_size(state.log_weight))
         if resample:
-            index = systematic_indices(generator, state.log_weight, draws)
+            index = resample_indices(generator, state.log_weight, "systematic", draws)
         else:
             index = torch.arange(state.u.shape[0], device=state.u.device)
             draws = state.u.shape[0]
@@ -601,18 +588,3 @@ def run_pmc(
             "overhead_fraction": max(0.0, 1.0 - simulator.seconds / max(wall_time, 1e-12)),
         },
     )
-
-
-def systematic_indices(
-    generator: torch.Generator, log_weight: torch.Tensor, count: int
-) -> torch.Tensor:
-    """``count`` ancestor indices drawn systematically in proportion to the weights ``(N,)``:
-    one uniform ``U``, positions ``(i + U) / count``. Each particle appears ``floor`` or
-    ``ceil`` of ``count * w`` times."""
-    weights = normalized_weights(log_weight)
-    offset = torch.rand((), generator=generator, device=weights.device, dtype=torch.float64)
-    positions = (torch.arange(count, device=weights.device, dtype=torch.float64) + offset) / count
-    cumulative = torch.cumsum(weights, dim=0)
-    cumulative = cumulative / cumulative[-1]
-    index = torch.searchsorted(cumulative, positions, right=True)
-    return index.clamp(max=weights.shape[0] - 1)

@@ -19,7 +19,7 @@ import torch
 from probgraphics.inference.adjustment import linear_regression_adjustment
 from probgraphics.inference.distances import resolve_distance
 from probgraphics.inference.posterior import Posterior
-from probgraphics.inference.simulator import Simulator
+from probgraphics.inference.simulator import seeded_simulator
 from probgraphics.inference.whitening import WhiteningLayout
 
 __all__ = ["run_rejection", "kept_count"]
@@ -85,11 +85,8 @@ def run_rejection(
     """
     start = time.perf_counter()
     torch_device = torch.device(device)
-    master = torch.Generator().manual_seed(seed)
-    kernel_seed, simulator_seed = torch.randint(0, 2**62, (2,), generator=master).tolist()
-    generator = torch.Generator(device=torch_device).manual_seed(kernel_seed)
-    simulator = Simulator(
-        program, layout, observation, summary, device=torch_device, seed=simulator_seed
+    generator, simulator = seeded_simulator(
+        program, layout, observation, summary, device=torch_device, seed=seed
     )
     kept = kept_count(simulations, keep_fraction)
     dtype = layout.dtype

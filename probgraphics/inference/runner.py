@@ -79,7 +79,7 @@ from probgraphics.inference.distances import StandardizedL2, resolve_distance
 from probgraphics.inference.kernels import elliptical, elliptical_slice
 from probgraphics.inference.kernels.elliptical import GaussianReference
 from probgraphics.inference.posterior import Posterior
-from probgraphics.inference.simulator import Simulator
+from probgraphics.inference.simulator import Simulator, derive_seeds
 from probgraphics.inference.whitening import WhiteningLayout
 
 __all__ = [
@@ -440,13 +440,6 @@ def _accumulate_moments(run: AbcRun) -> None:
     run.moments["outer"] += u.T @ u
 
 
-def _derive_seeds(seed: int) -> tuple[int, int]:
-    """Two independent 62-bit seeds (kernel generator, simulator generator) from one."""
-    master = torch.Generator().manual_seed(seed)
-    kernel_seed, simulator_seed = torch.randint(0, 2**62, (2,), generator=master).tolist()
-    return kernel_seed, simulator_seed
-
-
 def _make_simulator(
     program: Callable[[], Any],
     layout: WhiteningLayout,
@@ -595,7 +588,7 @@ def prepare(
     Returns:
         An :class:`AbcRun` ready for :func:`warmup`.
     """
-    kernel_seed, simulator_seed = _derive_seeds(config.seed)
+    kernel_seed, simulator_seed = derive_seeds(config.seed)
     device = torch.device(config.device)
     simulator = _make_simulator(
         program, layout, observation, summary, config, simulator_seed, synchronize_timing

@@ -32,7 +32,14 @@ import torch
 
 from probgraphics.inference.whitening import WhiteningLayout, run_whitened, whiten
 
-__all__ = ["DirectSimulation", "Simulation", "Simulator"]
+__all__ = [
+    "DirectSimulation",
+    "Simulation",
+    "Simulator",
+    "derive_seeds",
+    "seeded_simulator",
+    "in_batches",
+]
 
 
 class DirectSimulation(NamedTuple):
@@ -340,3 +347,39 @@ class Simulator:
         self.generator.set_state(state["generator"])
         self.n_simulations = int(state["n_simulations"])
         self.seconds = float(state["seconds"])
+
+
+def derive_seeds(seed: int) -> tuple[int, int]:
+    """Two independent 62-bit seeds (kernel generator, simulator generator) from one."""
+    master = torch.Generator().manual_seed(seed)
+    kernel_seed, simulator_seed = torch.randint(0, 2**62, (2,), generator=master).tolist()
+    return kernel_seed, simulator_seed
+
+
+def seeded_simulator(
+    program: Callable[[], Any],
+    layout: WhiteningLayout,
+    observation: Mapping[str, torch.Tensor],
+    summary: Callable,
+    *,
+    device: torch.device,
+    seed: int,
+) -> tuple[torch.Generator, Simulator]:
+    """A population method's two random streams from one ``seed``: the kernel's generator on
+    ``device`` and a :class:`Simulator` seeded apart from it (:func:`derive_seeds`)."""
+    kernel_seed, simulator_seed = derive_seeds(seed)
+    generator = torch.Generator(device=device).manual_seed(kernel_seed)
+    simulator = Simulator(program, layout, observation, summary, device=device, seed=simulator_seed)
+    return generator, simulator
+
+
+def in_batches(simulator: Simulator, batch_size: int) -> Callable[[torch.Tensor], Simulation]:
+    """``simulator`` called on chunks of at most ``batch_size`` rows, results concatenated."""
+
+    def simulate(u: torch.Tensor) -> Simulation:
+        if u.shape[0] <= batch_size:
+            return simulator(u)
+        parts = [simulator(chunk) for chunk in torch.split(u, batch_size)]
+        return Simulation(*(torch.cat(field) for field in zip(*parts, strict=True)))
+
+    return simulate

@@ -57,7 +57,7 @@ from probgraphics.inference.kernels import elliptical
 from probgraphics.inference.kernels.elliptical import GaussianReference
 from probgraphics.inference.posterior import Posterior
 from probgraphics.inference.runner import MAX_REFERENCE_DIM, fit_reference
-from probgraphics.inference.simulator import Simulation, Simulator
+from probgraphics.inference.simulator import Simulation, in_batches, seeded_simulator
 from probgraphics.inference.tempering import (
     RESAMPLING_SCHEMES,
     effective_sample_size,
@@ -307,18 +307,6 @@ def move(
     return new_state, info
 
 
-def _batched(simulator: Simulator, batch_size: int) -> Callable[[torch.Tensor], Simulation]:
-    """``simulator`` called on chunks of at most ``batch_size`` rows, results concatenated."""
-
-    def simulate(u: torch.Tensor) -> Simulation:
-        if u.shape[0] <= batch_size:
-            return simulator(u)
-        parts = [simulator(chunk) for chunk in torch.split(u, batch_size)]
-        return Simulation(*(torch.cat(field) for field in zip(*parts, strict=True)))
-
-    return simulate
-
-
 def run_smc(
     program: Callable[[], Any],
     layout: WhiteningLayout,
@@ -375,11 +363,8 @@ def run_smc(
     """
     start = time.perf_counter()
     torch_device = torch.device(device)
-    master = torch.Generator().manual_seed(seed)
-    kernel_seed, simulator_seed = torch.randint(0, 2**62, (2,), generator=master).tolist()
-    generator = torch.Generator(device=torch_device).manual_seed(kernel_seed)
-    simulator = Simulator(
-        program, layout, observation, summary, device=torch_device, seed=simulator_seed
+    generator, simulator = seeded_simulator(
+        program, layout, observation, summary, device=torch_device, seed=seed
     )
     dtype = layout.dtype
     bar = None
@@ -405,7 +390,7 @@ def run_smc(
         simulator.set_distance(resolve_distance(distance, summaries))
         advance()
         pilot_seconds = time.perf_counter() - start
-        simulate = _batched(simulator, batch_size)
+        simulate = in_batches(simulator, batch_size)
 
         # The starting population: prior draws.
         u = torch.randn(

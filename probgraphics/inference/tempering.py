@@ -140,14 +140,19 @@ def next_epsilon(
 
 
 def resample_indices(
-    generator: torch.Generator, log_weight: torch.Tensor, scheme: str = "systematic"
+    generator: torch.Generator,
+    log_weight: torch.Tensor,
+    scheme: str = "systematic",
+    count: int | None = None,
 ) -> torch.Tensor:
-    """Ancestor indices ``(P,)`` int64 drawn in proportion to the weights.
+    """``count`` (default ``P``) ancestor indices int64 drawn in proportion to the weights ``(P,)``.
 
-    ``"systematic"``: one uniform ``U``, positions ``(i + U) / P``; ``"multinomial"``: ``P``
-    independent draws. Systematic resampling of equal weights returns every particle once.
+    ``"systematic"``: one uniform ``U``, positions ``(i + U) / count``; each particle appears
+    ``floor`` or ``ceil`` of ``count * w`` times, so systematic resampling of equal weights into
+    ``P`` returns every particle once. ``"multinomial"``: ``count`` independent draws.
     """
-    count = log_weight.shape[0]
+    particles = log_weight.shape[0]
+    count = particles if count is None else count
     weights = normalized_weights(log_weight)
     if scheme == "multinomial":
         return torch.multinomial(weights, count, replacement=True, generator=generator)
@@ -158,4 +163,4 @@ def resample_indices(
     cumulative = torch.cumsum(weights, dim=0)
     cumulative = cumulative / cumulative[-1]
     index = torch.searchsorted(cumulative, positions, right=True)
-    return index.clamp(max=count - 1)
+    return index.clamp(max=particles - 1)

@@ -12,6 +12,7 @@ import torch
 
 import probgraphics as pg
 from probgraphics.inference import pmc
+from probgraphics.inference.tempering import resample_indices
 from probgraphics.programs.toy import linear_gaussian
 
 
@@ -203,9 +204,11 @@ def test_resample_false_returns_the_weighted_population(toy):
         _run(program, observation, simulations=8_000, particles=300, resample=False, draws=10)
 
 
-def test_systematic_indices_follow_the_weights():
+def test_systematic_resampling_into_more_draws_follows_the_weights():
+    # The final population (4 particles here) resampled into 800 equal-weight draws.
     log_weight = torch.log(torch.tensor([0.5, 0.25, 0.125, 0.125], dtype=torch.float64))
-    index = pmc.systematic_indices(torch.Generator().manual_seed(0), log_weight, 800)
+    generator = torch.Generator().manual_seed(0)
+    index = resample_indices(generator, log_weight, "systematic", 800)
     counts = torch.bincount(index, minlength=4)
     assert counts.tolist() == [400, 200, 100, 100]
 
