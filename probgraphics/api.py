@@ -1099,7 +1099,8 @@ def _run_abc_smc(program, observation, options, explicit) -> Posterior:
     program, info, trace = _traced_program(program, device, observation)
     layout, resolved_mode, _ = _build_layout(trace, observation, noise_mode)
     summary = resolve_summary(summary_spec, list(observation))
-    settings = {
+    # The checked options go to the run as they are and into its recorded settings.
+    checked = {
         "simulations": simulations,
         "particles": particles,
         "alpha": alpha,
@@ -1108,32 +1109,24 @@ def _run_abc_smc(program, observation, options, explicit) -> Posterior:
         "epsilon": epsilon,
         "resampling": resampling,
         "precondition": precondition,
-        "observation_noise": resolved_mode,
-        "summary": summary_name(summary_spec),
-        "distance": distance_name(options["distance"]),
         "seed": seed,
         "device": str(device),
         "batch_size": batch_size,
         "pilot_size": pilot_size,
     }
+    settings = {
+        **checked,
+        "observation_noise": resolved_mode,
+        "summary": summary_name(summary_spec),
+        "distance": distance_name(options["distance"]),
+    }
     return run_smc(
         program,
         layout,
         {name: value.to(device) for name, value in observation.items()},
-        simulations=simulations,
-        particles=particles,
-        alpha=alpha,
-        mcmc_steps=mcmc_steps,
-        abc_kernel=abc_kernel,
-        epsilon=epsilon,
-        resampling=resampling,
-        precondition=precondition,
+        **checked,
         summary=summary,
         distance=options["distance"],
-        seed=seed,
-        device=str(device),
-        batch_size=batch_size,
-        pilot_size=pilot_size,
         progress=progress,
         settings=settings,
     )
@@ -1188,7 +1181,8 @@ def _run_abc_pmc(program, observation, options, explicit) -> Posterior:
     # Fresh observation noise in every simulation: a proposal perturbs the latents only.
     layout = build_layout(trace, observation, whiten_observed=False)
     summary = resolve_summary(summary_spec, list(observation))
-    settings = {
+    # The checked options go to the run as they are and into its recorded settings.
+    checked = {
         "simulations": simulations,
         "particles": particles,
         "draws": draws,
@@ -1196,30 +1190,23 @@ def _run_abc_pmc(program, observation, options, explicit) -> Posterior:
         "quantile": quantile,
         "kernel": kernel,
         "epsilon": epsilon,
-        "summary": summary_name(summary_spec),
-        "distance": distance_name(options["distance"]),
         "seed": seed,
         "device": str(device),
         "batch_size": batch_size,
         "pilot_size": pilot_size,
     }
+    settings = {
+        **checked,
+        "summary": summary_name(summary_spec),
+        "distance": distance_name(options["distance"]),
+    }
     return run_pmc(
         program,
         layout,
         {name: value.to(device) for name, value in observation.items()},
-        simulations=simulations,
-        particles=particles,
-        draws=draws,
-        resample=resample,
-        quantile=quantile,
-        kernel=kernel,
-        epsilon=epsilon,
+        **checked,
         summary=summary,
         distance=options["distance"],
-        seed=seed,
-        device=str(device),
-        batch_size=batch_size,
-        pilot_size=pilot_size,
         progress=progress,
         settings=settings,
     )
