@@ -67,7 +67,12 @@ import torch
 
 from probgraphics.inference.distances import resolve_distance
 from probgraphics.inference.posterior import Posterior
-from probgraphics.inference.simulator import Simulation, in_batches, seeded_simulator
+from probgraphics.inference.simulator import (
+    Simulation,
+    in_batches,
+    seeded_simulator,
+    simulated_posterior,
+)
 from probgraphics.inference.tempering import (
     effective_sample_size,
     normalized_weights,
@@ -572,19 +577,14 @@ def run_pmc(
             "layout": layout.describe(),
         }
     )
-    return Posterior(
+    return simulated_posterior(
+        simulator,
+        wall_time,
+        "abc_pmc",
         samples,
         stats,
-        {name: value.detach().cpu() for name, value in observation.items()},
-        method="abc_pmc",
-        settings=full_settings,
-        n_simulations=simulator.n_simulations,
-        wall_time=wall_time,
+        observation,
+        full_settings,
         prior=prior,
-        timings={
-            "pilot": pilot_seconds,
-            "simulate": simulator.seconds,
-            "total": wall_time,
-            "overhead_fraction": max(0.0, 1.0 - simulator.seconds / max(wall_time, 1e-12)),
-        },
+        pilot_seconds=pilot_seconds,
     )

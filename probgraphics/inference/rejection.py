@@ -19,7 +19,7 @@ import torch
 from probgraphics.inference.adjustment import linear_regression_adjustment
 from probgraphics.inference.distances import resolve_distance
 from probgraphics.inference.posterior import Posterior
-from probgraphics.inference.simulator import seeded_simulator
+from probgraphics.inference.simulator import seeded_simulator, simulated_posterior
 from probgraphics.inference.whitening import WhiteningLayout
 
 __all__ = ["run_rejection", "kept_count"]
@@ -171,17 +171,12 @@ def run_rejection(
     full_settings = dict(settings)
     full_settings["epsilon_target"] = float(epsilon)
     full_settings["kept"] = kept
-    return Posterior(
+    return simulated_posterior(
+        simulator,
+        wall_time,
+        "abc_rejection",
         samples,
         stats,
-        {name: value.detach().cpu() for name, value in observation.items()},
-        method="abc_rejection",
-        settings=full_settings,
-        n_simulations=simulator.n_simulations,
-        wall_time=wall_time,
-        timings={
-            "simulate": simulator.seconds,
-            "total": wall_time,
-            "overhead_fraction": max(0.0, 1.0 - simulator.seconds / max(wall_time, 1e-12)),
-        },
+        observation,
+        full_settings,
     )

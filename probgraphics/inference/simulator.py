@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import pyro
 import torch
 
+from probgraphics.inference.posterior import Posterior
 from probgraphics.inference.whitening import WhiteningLayout, run_whitened, whiten
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "derive_seeds",
     "seeded_simulator",
     "in_batches",
+    "simulated_posterior",
 ]
 
 
@@ -383,3 +385,37 @@ def in_batches(simulator: Simulator, batch_size: int) -> Callable[[torch.Tensor]
         return Simulation(*(torch.cat(field) for field in zip(*parts, strict=True)))
 
     return simulate
+
+
+def simulated_posterior(
+    simulator: Simulator,
+    wall_time: float,
+    method: str,
+    samples: dict[str, torch.Tensor],
+    stats: dict[str, torch.Tensor],
+    observation: Mapping[str, torch.Tensor],
+    settings: dict[str, Any],
+    *,
+    prior: dict[str, torch.Tensor] | None = None,
+    pilot_seconds: float | None = None,
+) -> Posterior:
+    """The :class:`~probgraphics.inference.posterior.Posterior` of a population method's run
+    that took ``wall_time`` seconds and simulated through ``simulator``: its simulation count,
+    and timings ``pilot`` (when given), ``simulate``, ``total`` and ``overhead_fraction``."""
+    timings = {} if pilot_seconds is None else {"pilot": pilot_seconds}
+    timings.update(
+        simulate=simulator.seconds,
+        total=wall_time,
+        overhead_fraction=max(0.0, 1.0 - simulator.seconds / max(wall_time, 1e-12)),
+    )
+    return Posterior(
+        samples,
+        stats,
+        {name: value.detach().cpu() for name, value in observation.items()},
+        method=method,
+        settings=settings,
+        n_simulations=simulator.n_simulations,
+        wall_time=wall_time,
+        prior=prior,
+        timings=timings,
+    )

@@ -57,7 +57,12 @@ from probgraphics.inference.kernels import elliptical
 from probgraphics.inference.kernels.elliptical import GaussianReference
 from probgraphics.inference.posterior import Posterior
 from probgraphics.inference.runner import MAX_REFERENCE_DIM, fit_reference
-from probgraphics.inference.simulator import Simulation, in_batches, seeded_simulator
+from probgraphics.inference.simulator import (
+    Simulation,
+    in_batches,
+    seeded_simulator,
+    simulated_posterior,
+)
 from probgraphics.inference.tempering import (
     RESAMPLING_SCHEMES,
     effective_sample_size,
@@ -514,19 +519,14 @@ def run_smc(
             "layout": layout.describe(),
         }
     )
-    return Posterior(
+    return simulated_posterior(
+        simulator,
+        wall_time,
+        "abc_smc",
         samples,
         stats,
-        {name: value.detach().cpu() for name, value in observation.items()},
-        method="abc_smc",
-        settings=full_settings,
-        n_simulations=simulator.n_simulations,
-        wall_time=wall_time,
+        observation,
+        full_settings,
         prior=prior,
-        timings={
-            "pilot": pilot_seconds,
-            "simulate": simulator.seconds,
-            "total": wall_time,
-            "overhead_fraction": max(0.0, 1.0 - simulator.seconds / max(wall_time, 1e-12)),
-        },
+        pilot_seconds=pilot_seconds,
     )
