@@ -65,13 +65,14 @@ from typing import Any, NamedTuple
 
 import torch
 
-from probgraphics.inference.distances import resolve_distance
 from probgraphics.inference.posterior import Posterior
 from probgraphics.inference.simulator import (
     Simulation,
     in_batches,
     seeded_simulator,
+    simulate_pilot,
     simulated_posterior,
+    simulation_bar,
 )
 from probgraphics.inference.tempering import (
     effective_sample_size,
@@ -416,11 +417,7 @@ def run_pmc(
         program, layout, observation, summary, device=torch_device, seed=seed
     )
     dtype = layout.dtype
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=simulations, desc="abc_pmc", unit="sim", mininterval=0.5)
+    bar = simulation_bar(simulations, "abc_pmc", progress)
 
     def advance() -> None:
         if bar is not None:
@@ -428,21 +425,10 @@ def run_pmc(
 
     try:
         # Pilot: prior simulations; their summaries set the distance, their best are generation 0.
-        pilot_u, pilot_values, pilot_summaries = [], [], []
-        for begin in range(0, pilot_size, batch_size):
-            size = min(batch_size, pilot_size - begin)
-            u = torch.randn(size, layout.dim, generator=generator, device=torch_device, dtype=dtype)
-            _, values, summaries = simulator.run(u)
-            pilot_u.append(u)
-            pilot_values.append(values)
-            pilot_summaries.append(summaries)
-        all_summaries = torch.cat(pilot_summaries)
-        distance_fn = resolve_distance(distance, all_summaries)
-        simulator.set_distance(distance_fn)
+        pilot = simulate_pilot(simulator, generator, pilot_size, batch_size, distance)
         with torch.no_grad():
-            pilot_distance = distance_fn(all_summaries, simulator.observed_summary)
-        all_pilot_values = torch.cat(pilot_values)
-        state = init(torch.cat(pilot_u), all_pilot_values, pilot_distance, particles)
+            pilot_distance = simulator.distance(pilot.summaries, simulator.observed_summary)
+        state = init(pilot.u, pilot.values, pilot_distance, particles)
         advance()
         pilot_seconds = time.perf_counter() - start
         simulate = in_batches(simulator, batch_size)
@@ -560,8 +546,7 @@ def run_pmc(
         log_weight = state.log_weight - torch.logsumexp(state.log_weight, 0)
         stats["log_weight"] = log_weight.cpu().unsqueeze(0)
     prior = {
-        name: value.unsqueeze(0)
-        for name, value in layout.split_values(all_pilot_values.cpu()).items()
+        name: value.unsqueeze(0) for name, value in layout.split_values(pilot.values.cpu()).items()
     }
     wall_time = time.perf_counter() - start
     full_settings = dict(settings)

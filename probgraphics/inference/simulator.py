@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import pyro
 import torch
 
+from probgraphics.inference.distances import resolve_distance
 from probgraphics.inference.posterior import Posterior
 from probgraphics.inference.whitening import WhiteningLayout, run_whitened, whiten
 
@@ -40,6 +41,9 @@ __all__ = [
     "derive_seeds",
     "seeded_simulator",
     "in_batches",
+    "Pilot",
+    "simulate_pilot",
+    "simulation_bar",
     "simulated_posterior",
 ]
 
@@ -385,6 +389,53 @@ def in_batches(simulator: Simulator, batch_size: int) -> Callable[[torch.Tensor]
         return Simulation(*(torch.cat(field) for field in zip(*parts, strict=True)))
 
     return simulate
+
+
+class Pilot(NamedTuple):
+    """A population method's pilot: prior draws ``u`` ``(M, D)``, their constrained latent values
+    ``(M, latent_dim)`` and summaries ``(M, K)``."""
+
+    u: torch.Tensor
+    values: torch.Tensor
+    summaries: torch.Tensor
+
+
+def simulate_pilot(
+    simulator: Simulator,
+    generator: torch.Generator,
+    size: int,
+    batch_size: int,
+    distance: str | Callable | None,
+) -> Pilot | None:
+    """Simulate ``size`` prior draws ``u ~ N(0, I)`` (from ``generator``, in batches of at most
+    ``batch_size``) and set ``simulator``'s distance from their summaries
+    (:func:`~probgraphics.inference.distances.resolve_distance`). Returns the :class:`Pilot`,
+    or None for ``size == 0`` (the distance then resolved without summaries)."""
+    layout = simulator.layout
+    draws, values, summaries = [], [], []
+    for begin in range(0, size, batch_size):
+        count = min(batch_size, size - begin)
+        u = torch.randn(
+            count, layout.dim, generator=generator, device=simulator.device, dtype=layout.dtype
+        )
+        _, batch_values, batch_summaries = simulator.run(u)
+        draws.append(u)
+        values.append(batch_values)
+        summaries.append(batch_summaries)
+    pilot = None
+    if draws:
+        pilot = Pilot(torch.cat(draws), torch.cat(values), torch.cat(summaries))
+    simulator.set_distance(resolve_distance(distance, None if pilot is None else pilot.summaries))
+    return pilot
+
+
+def simulation_bar(total: int, desc: str, enabled: bool) -> Any:
+    """A tqdm bar over ``total`` simulations (None when not ``enabled``)."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sim", mininterval=0.5)
 
 
 def simulated_posterior(

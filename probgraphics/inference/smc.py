@@ -52,7 +52,6 @@ from typing import Any, NamedTuple
 import torch
 
 from probgraphics.inference import tempering
-from probgraphics.inference.distances import resolve_distance
 from probgraphics.inference.kernels import elliptical
 from probgraphics.inference.kernels.elliptical import GaussianReference
 from probgraphics.inference.posterior import Posterior
@@ -61,7 +60,9 @@ from probgraphics.inference.simulator import (
     Simulation,
     in_batches,
     seeded_simulator,
+    simulate_pilot,
     simulated_posterior,
+    simulation_bar,
 )
 from probgraphics.inference.tempering import (
     RESAMPLING_SCHEMES,
@@ -372,11 +373,7 @@ def run_smc(
         program, layout, observation, summary, device=torch_device, seed=seed
     )
     dtype = layout.dtype
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=simulations, desc="abc_smc", unit="sim", mininterval=0.5)
+    bar = simulation_bar(simulations, "abc_smc", progress)
 
     def advance() -> None:
         if bar is not None:
@@ -384,15 +381,7 @@ def run_smc(
 
     try:
         # Pilot: prior simulations for the distance's scale (part of the budget).
-        pilot_values, pilot_summaries = [], []
-        for begin in range(0, pilot_size, batch_size):
-            size = min(batch_size, pilot_size - begin)
-            u = torch.randn(size, layout.dim, generator=generator, device=torch_device, dtype=dtype)
-            _, values, summaries = simulator.run(u)
-            pilot_values.append(values)
-            pilot_summaries.append(summaries)
-        summaries = torch.cat(pilot_summaries) if pilot_summaries else None
-        simulator.set_distance(resolve_distance(distance, summaries))
+        pilot = simulate_pilot(simulator, generator, pilot_size, batch_size, distance)
         advance()
         pilot_seconds = time.perf_counter() - start
         simulate = in_batches(simulator, batch_size)
@@ -499,10 +488,10 @@ def run_smc(
         ),
     }
     prior = None
-    if pilot_values:
+    if pilot is not None:
         prior = {
             name: value.unsqueeze(0)
-            for name, value in layout.split_values(torch.cat(pilot_values).cpu()).items()
+            for name, value in layout.split_values(pilot.values.cpu()).items()
         }
     wall_time = time.perf_counter() - start
     full_settings = dict(settings)
