@@ -78,6 +78,7 @@ from probgraphics.inference.tempering import (
     effective_sample_size,
     normalized_weights,
     resample_indices,
+    weighted_moments,
     weighted_quantile,
 )
 from probgraphics.inference.whitening import WhiteningLayout
@@ -190,10 +191,9 @@ def next_epsilon(state: PMCState, quantile: float, floor: float = 0.0) -> torch.
 
 
 def _weighted_moments(u: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted mean ``(D,)`` and covariance ``(D, D)`` (weights sum to one), float64."""
-    mean = weights @ u
-    centred = u - mean
-    covariance = (centred * weights.unsqueeze(-1)).T @ centred
+    """:func:`~probgraphics.inference.tempering.weighted_moments` with the covariance made
+    exactly symmetric (its Cholesky factor is taken)."""
+    mean, covariance = weighted_moments(u, weights)
     return mean, 0.5 * (covariance + covariance.T)
 
 

@@ -71,6 +71,7 @@ from probgraphics.inference.tempering import (
     log_kernel,
     normalized_weights,
     resample_indices,
+    weighted_moments,
     weighted_quantile,
 )
 from probgraphics.inference.whitening import WhiteningLayout
@@ -224,9 +225,7 @@ def fit_population_reference(
     weights = normalized_weights(state.log_weight)
     u = state.u.to(torch.float64)
     count = effective_sample_size(state.log_weight).clamp(min=1.0)
-    mean = weights @ u
-    centred = u - mean
-    covariance = (centred * weights.unsqueeze(-1)).T @ centred
+    mean, covariance = weighted_moments(u, weights)
     total = count * mean
     outer = count * (inflation * covariance + torch.outer(mean, mean))
     return fit_reference(count, total, outer, state.u.dtype, rank)

@@ -19,6 +19,7 @@ __all__ = [
     "RESAMPLING_SCHEMES",
     "log_kernel",
     "normalized_weights",
+    "weighted_moments",
     "effective_sample_size",
     "weighted_quantile",
     "gaussian_increment",
@@ -53,6 +54,15 @@ def normalized_weights(log_weight: torch.Tensor) -> torch.Tensor:
     log_weight = log_weight.to(torch.float64)
     total = torch.logsumexp(log_weight, dim=0)
     return torch.exp(log_weight - total).nan_to_num(0.0)
+
+
+def weighted_moments(u: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted mean ``(D,)`` and covariance ``(D, D)`` of a population ``u`` ``(P, D)`` with
+    ``weights`` ``(P,)`` summing to one (float64 both). The covariance is the product as
+    computed, symmetric only up to rounding."""
+    mean = weights @ u
+    centred = u - mean
+    return mean, (centred * weights.unsqueeze(-1)).T @ centred
 
 
 def effective_sample_size(log_weight: torch.Tensor) -> torch.Tensor:
