@@ -64,8 +64,12 @@ NUM_SAMPLES = 10_000
 #: Fraction of a learned-summary row's budget spent fitting the summary.
 SUMMARY_FRACTION = 0.2
 OURS = ("abc_rejection", "abc_smc", "abc_pmc", "abc_mcmc")
-#: abc_rejection keeping a tenth of the budget, with linear regression adjustment.
+#: abc_rejection keeping a tenth of the budget, with linear regression adjustment: one regression
+#: (``+adj``), or one per posterior mode (``+modes``).
 ADJUSTED = "abc_rejection+adj"
+ADJUSTED_MODES = "abc_rejection+modes"
+#: A row's suffix -> abc_rejection's ``adjust=``.
+ADJUSTMENTS = {"+adj": "linear", "+modes": "linear_modes"}
 PEERS = ("sbi_mcabc", "sbi_smcabc", "pyabc_smcabc", "elfi_rejection")
 #: abc_pmc's options in its rows (chosen on two_moons at 1e5, observation 1: docs/sbibm.md).
 PMC_OPTIONS = {"particles": 1_000, "kernel": "knn"}
@@ -96,11 +100,18 @@ def to_c2st_samples(draws: torch.Tensor, seed: int) -> tuple[torch.Tensor, int, 
 # ------------------------------------------------------------------------------------ our rows
 
 
+def base_method(method: str) -> str:
+    """A row's method without its suffixes (``abc_rejection+modes`` -> ``abc_rejection``)."""
+    for suffix in ("+sa", *ADJUSTMENTS):
+        method = method.removesuffix(suffix)
+    return method
+
+
 def run_ours(
-    task, number: int, method: str, budget: int, learned: bool, seed: int, adjusted: bool = False
+    task, number: int, method: str, budget: int, learned: bool, seed: int, adjust: str | None = None
 ):
     """Draws ``(n, D)`` of our ``method`` within ``budget`` simulations (summary fit included);
-    ``adjusted``: abc_rejection keeping a tenth, with linear regression adjustment."""
+    ``adjust`` (``"linear"`` or ``"linear_modes"``): abc_rejection keeping a tenth, adjusted."""
     observation = {"x": task.observation(number)}
     summary = None
     spend = budget
@@ -109,8 +120,8 @@ def run_ours(
         summary = pg.semi_automatic_summary(task, simulations=pilot, seed=seed)
         spend = budget - pilot
     options: dict = {"simulations": spend}
-    if method == "abc_rejection" and adjusted:
-        options.update(keep_fraction=max(100, spend // 10) / spend, adjust="linear")
+    if method == "abc_rejection" and adjust is not None:
+        options.update(keep_fraction=max(100, spend // 10) / spend, adjust=adjust)
     elif method == "abc_rejection":
         options["keep_fraction"] = max(100, spend // 100) / spend
     elif method == "abc_smc":
@@ -309,9 +320,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--methods",
         nargs="+",
-        default=[*OURS, ADJUSTED, *(f"{m}+sa" for m in OURS), *PEERS],
+        default=[*OURS, ADJUSTED, ADJUSTED_MODES, *(f"{m}+sa" for m in OURS), *PEERS],
         help="ours (abc_rejection, abc_smc, abc_pmc, abc_mcmc, each optionally +sa; "
-        "abc_rejection+adj) and peers "
+        "abc_rejection+adj, abc_rejection+modes) and peers "
         f"({', '.join(PEERS)})",
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -332,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
     skipped = {}
     methods = []
     for method in args.methods:
-        base = method.removesuffix("+sa").removesuffix("+adj")
+        base = base_method(method)
         if base in PEER_RUNNERS:
             why = _missing(PEER_PACKAGES[base])
             if why is not None:
@@ -356,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
             reference = task.reference_samples(number)
             for budget in args.budgets:
                 for method in methods:
-                    base = method.removesuffix("+sa").removesuffix("+adj")
+                    base = base_method(method)
                     row = {"task": name, "observation": number, "budget": budget, "method": method}
                     start = time.perf_counter()
                     try:
@@ -370,7 +381,9 @@ def main(argv: list[str] | None = None) -> dict:
                                     budget,
                                     method.endswith("+sa"),
                                     args.seed,
-                                    adjusted="+adj" in method,
+                                    adjust=next(
+                                        (a for x, a in ADJUSTMENTS.items() if x in method), None
+                                    ),
                                 )
                         else:
                             with _quiet():

@@ -189,7 +189,9 @@ def infer(program: Callable[[], Any], observation: Any, method: str = "abc_mcmc"
             distance's scale). ``abc_rejection``: ``simulations``, ``keep_fraction``,
             ``adjust`` (None, or ``"linear"``: Beaumont's regression adjustment of the kept
             draws on their summaries, which lets a larger ``keep_fraction`` stay accurate where
-            the parameters depend on the summary about linearly), ``summary``, ``distance``,
+            the parameters depend on the summary about linearly; ``"linear_modes"``: one such
+            regression per posterior mode, for posteriors a fold of the parameters makes
+            multimodal), ``summary``, ``distance``,
             ``seed``, ``device``, ``progress``, ``batch_size``, ``pilot_size``. ``abc_pmc``
             (population Monte Carlo ABC, :mod:`probgraphics.inference.pmc`): ``simulations``,
             ``particles`` (1000), ``draws`` (None: ``particles`` equal-weight draws resampled
@@ -582,8 +584,9 @@ _ABC_MCMC_OPTIONS = {
     "guide_proposals": None,
 }
 _ABC_SLICE_OPTIONS = {**_ABC_COMMON_OPTIONS, "max_shrinks": DEFAULT_MAX_SHRINKS}
-#: abc_rejection's ``adjust=`` choices: None, or linear regression adjustment.
-ADJUSTMENTS = (None, "linear")
+#: abc_rejection's ``adjust=`` choices: None, linear regression adjustment, or one regression per
+#: posterior mode (for posteriors a fold of the parameters makes multimodal).
+ADJUSTMENTS = (None, "linear", "linear_modes")
 _REJECTION_OPTIONS: dict[str, Any] = {
     "simulations": 10_000,
     "keep_fraction": 0.01,
@@ -1023,7 +1026,8 @@ def _run_abc_rejection(program, observation, options, explicit) -> Posterior:
     if adjust not in ADJUSTMENTS:
         raise ValueError(
             f"adjust must be one of {ADJUSTMENTS} (None: the kept draws as simulated; 'linear': "
-            f"Beaumont's regression adjustment on their summaries), got {adjust!r}."
+            f"Beaumont's regression adjustment on their summaries; 'linear_modes': one such "
+            f"regression per posterior mode), got {adjust!r}."
         )
     program, info, trace = _traced_program(program, device, observation)
     layout = build_layout(trace, observation, whiten_observed=False)
@@ -1054,6 +1058,7 @@ def _run_abc_rejection(program, observation, options, explicit) -> Posterior:
         progress=bool(options["progress"]),
         settings=settings,
         adjust=None if adjust is None else support_bounds(trace, layout),
+        adjust_modes=adjust == "linear_modes",
     )
 
 

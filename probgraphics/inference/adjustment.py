@@ -23,13 +23,41 @@ adjusted draw stays inside the prior's support.
 ...     theta, summaries, torch.tensor([1.5]), torch.tensor([0.1, 0.2, 0.3, 0.4]))
 >>> tuple(adjusted.shape)
 (4, 1)
+
+**Per mode** (``modes=True``, ``adjust="linear_modes"`` in :func:`probgraphics.infer`). One
+regression fits one slope, which a multimodal posterior breaks: where the simulator folds the
+parameters (two_moons' ``|theta_1 + theta_2|``), ``E[theta | s]`` lies between the modes and the
+slope fitted across them moves no draw the right way. :func:`posterior_modes` splits the kept
+draws into the connected components of their nearest-neighbour graph, and each mode gets its own
+regression. The per-mode regression works on the parameters' own scale: for a simulator whose
+output is a function of the parameters plus noise that does not depend on them, the relation is
+linear there within a mode, and a logit stretches it near the bounds. A draw the adjustment would
+move outside the prior's support keeps its unadjusted value (still an ABC draw at the
+tolerance).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["linear_regression_adjustment", "support_bounds"]
+__all__ = ["linear_regression_adjustment", "posterior_modes", "support_bounds"]
+
+#: Neighbours per draw in the graph whose connected components are the modes: enough that
+#: random gaps in a mode's thin tail do not split it (10 split the tails of a 1-D mode), and at
+#: most a twentieth of the draws (so a mode of a tenth of them is not joined to its neighbour).
+MODE_NEIGHBOURS = 50
+#: A mode holds at least this fraction of the draws: a smaller component is a piece of a mode's
+#: tail cut off by a gap, and a regression on it alone would be fitted on the selected parameter.
+MODE_MIN_FRACTION = 0.05
+#: Draws whose distance to their ``MODE_NEIGHBOURS``-th neighbour is above this quantile are left
+#: out of the graph (and then join their nearest draw's mode): a few stray draws between two
+#: modes would otherwise bridge them into one component.
+MODE_CORE_QUANTILE = 0.9
+#: A mode needs this many draws per regression coefficient; smaller components join the nearest
+#: large one (a few stray draws are not a mode, and cannot fit a slope).
+MODE_DRAWS_PER_COEFFICIENT = 10
 
 
 def _bound_kinds(
@@ -64,6 +92,7 @@ def linear_regression_adjustment(
     *,
     lower: torch.Tensor | None = None,
     upper: torch.Tensor | None = None,
+    modes: bool = False,
 ) -> torch.Tensor:
     """Adjust ABC draws by weighted linear regression on their summaries (see module doc).
 
@@ -75,6 +104,8 @@ def linear_regression_adjustment(
         lower, upper: ``(P,)`` float bounds of the prior's support (``-inf`` / ``inf`` where
             unbounded; default unbounded). Bounded parameters are adjusted on the log or logit
             scale and stay inside their bounds.
+        modes: regress within each of :func:`posterior_modes`'s modes, on the parameters' own
+            scale; a draw moved outside ``[lower, upper]`` keeps its value (module doc).
 
     Returns:
         ``(N, P)`` adjusted draws, in ``values``'s dtype and device.
@@ -122,12 +153,91 @@ def linear_regression_adjustment(
             "(a larger keep_fraction or budget) or use a lower-dimensional summary."
         )
     offsets = summaries.to(wide) - observed_summary.to(device=device, dtype=wide).reshape(1, k)
-    design = torch.cat([torch.ones(n, 1, dtype=wide, device=device), offsets], dim=1)
-    z = _to_unbounded(values.to(wide), lower, upper)
+    if not modes:
+        z = _to_unbounded(values.to(wide), lower, upper)
+        return _to_bounded(_regress_out(z, offsets, weights), lower, upper).to(dtype)
+    raw = values.to(wide)
+    labels = posterior_modes(raw, min_size=MODE_DRAWS_PER_COEFFICIENT * (k + 1))
+    adjusted = raw.clone()
+    for label in torch.unique(labels):
+        members = labels == label
+        if int((weights[members] > 0).sum()) <= k + 1:
+            continue  # all its weight sits at the tolerance: nothing to fit (kept as simulated)
+        adjusted[members] = _regress_out(raw[members], offsets[members], weights[members])
+    inside = ((adjusted >= lower) & (adjusted <= upper)).all(dim=1, keepdim=True)
+    return torch.where(inside, adjusted, raw).to(dtype)
+
+
+def _regress_out(z: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``z - offsets @ beta``, with ``beta`` the weighted least-squares slope of ``z`` ``(N, P)``
+    on ``[1, offsets]`` ``(N, 1 + K)`` (float64, weights ``(N,)``)."""
+    design = torch.cat([torch.ones_like(offsets[:, :1]), offsets], dim=1)
     root = weights.sqrt().unsqueeze(-1)
     coefficients = torch.linalg.lstsq(root * design, root * z).solution  # (K + 1, P)
-    adjusted = z - offsets @ coefficients[1:]
-    return _to_bounded(adjusted, lower, upper).to(dtype)
+    return z - offsets @ coefficients[1:]
+
+
+def posterior_modes(
+    values: torch.Tensor,
+    *,
+    neighbours: int = MODE_NEIGHBOURS,
+    min_size: int = 1,
+    min_fraction: float = MODE_MIN_FRACTION,
+) -> torch.Tensor:
+    """Label each draw with its mode: the connected components of the ``neighbours``
+    nearest-neighbour graph of the core draws (coordinates scaled to unit standard deviation; the
+    core: draws whose ``neighbours``-th neighbour is within the :data:`MODE_CORE_QUANTILE` of
+    those distances), components of fewer than ``max(min_size, min_fraction * N)`` draws, and
+    the draws outside the core, joined to the mode of their nearest draw in a large component.
+
+    Args:
+        values: ``(N, P)`` float draws, finite.
+        neighbours: edges per draw (at most ``N // 20``, at least 1).
+        min_size, min_fraction: smallest mode, in draws and as a fraction of ``N``; with no
+            component this large, every draw is one mode.
+
+    Returns:
+        ``(N,)`` int64 labels ``0 .. M - 1`` on ``values``'s device, modes numbered by their
+        first draw.
+
+    >>> import torch
+    >>> draws = torch.cat([torch.randn(50, 2) - 10, torch.randn(50, 2) + 10])
+    >>> posterior_modes(draws).unique().tolist()
+    [0, 1]
+    """
+    import numpy as np
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    if values.dim() != 2 or not bool(torch.isfinite(values).all()):
+        raise ValueError(f"posterior_modes needs finite draws (N, P), got {tuple(values.shape)}.")
+    n = values.shape[0]
+    if n < 2:
+        return torch.zeros(n, dtype=torch.int64, device=values.device)
+    points = values.detach().cpu().double().numpy()
+    spread = points.std(axis=0)
+    points = points / np.where(spread > 0, spread, 1.0)
+    k = max(1, min(neighbours, n // 20))
+    min_size = max(min_size, math.ceil(min_fraction * n))
+    radius, nearest = cKDTree(points).query(points, k=k + 1)
+    core = radius[:, -1] <= np.quantile(radius[:, -1], MODE_CORE_QUANTILE)
+    rows = np.repeat(np.arange(n), k)
+    columns = nearest[:, 1:].reshape(-1)
+    edge = core[rows] & core[columns]
+    graph = coo_matrix((np.ones(int(edge.sum())), (rows[edge], columns[edge])), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    sizes = np.bincount(labels, minlength=labels.max() + 1)
+    large = core & (sizes[labels] >= min_size)
+    if not large.any():
+        return torch.zeros(n, dtype=torch.int64, device=values.device)
+    if not large.all():
+        _, index = cKDTree(points[large]).query(points[~large])
+        labels[~large] = labels[large][index]
+    # Number the modes by their first draw: labels do not depend on scipy's order.
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.argsort(np.argsort(first))
+    return torch.as_tensor(rank[inverse], dtype=torch.int64, device=values.device)
 
 
 def support_bounds(trace, layout) -> tuple[torch.Tensor, torch.Tensor]:

@@ -64,6 +64,7 @@ def run_rejection(
     progress: bool,
     settings: dict[str, Any],
     adjust: tuple[torch.Tensor, torch.Tensor] | None = None,
+    adjust_modes: bool = False,
 ) -> Posterior:
     """Run ABC rejection and return a one-chain :class:`Posterior`.
 
@@ -82,6 +83,8 @@ def run_rejection(
             by linear regression on their summaries
             (:func:`~probgraphics.inference.adjustment.linear_regression_adjustment`); None keeps
             them as simulated.
+        adjust_modes: with ``adjust``, one regression per posterior mode, on the parameters'
+            own scale (``modes=True`` of the adjustment).
     """
     start = time.perf_counter()
     torch_device = torch.device(device)
@@ -159,6 +162,7 @@ def run_rejection(
             distance_kept,
             lower=adjust[0],
             upper=adjust[1],
+            modes=adjust_modes,
         )
     epsilon = distance_kept.max()
     samples = {name: value.unsqueeze(0) for name, value in layout.split_values(values_kept).items()}

@@ -113,3 +113,53 @@ def test_rejection_adjustment_respects_a_uniform_prior():
     theta = posterior.samples["theta"]
     assert bool(((theta > -1) & (theta < 1)).all())
     assert torch.unique(theta.reshape(-1, 2), dim=0).shape[0] == theta.reshape(-1, 2).shape[0]
+
+
+def test_posterior_modes_finds_separated_modes_and_ignores_gaps_and_bridges():
+    from probgraphics.inference.adjustment import posterior_modes
+
+    generator = torch.Generator().manual_seed(2)
+    left = torch.randn(3_000, 2, generator=generator, dtype=torch.float64) - 6
+    right = torch.randn(2_000, 2, generator=generator, dtype=torch.float64) + 6
+    # Three stray draws strung between the modes: single linkage alone would join them.
+    bridge = torch.tensor([[-2.0, -2.0], [0.0, 0.0], [2.0, 2.0]], dtype=torch.float64)
+    labels = posterior_modes(torch.cat([left, bridge, right]))
+    assert labels[:3_000].unique().tolist() == [0]
+    assert labels[3_003:].unique().tolist() == [1]
+    # One Gaussian, heavy-tailed in one coordinate (gaps in its tails): one mode.
+    one = torch.randn(5_000, 3, generator=generator, dtype=torch.float64)
+    one[:, 0] = one[:, 0] ** 3
+    assert posterior_modes(one).unique().tolist() == [0]
+    # Too few draws for a mode of the asked size: one mode.
+    assert posterior_modes(left[:50], min_size=100).unique().tolist() == [0]
+    with pytest.raises(ValueError, match="finite draws"):
+        posterior_modes(torch.tensor([[0.0], [math.nan]]))
+
+
+def test_per_mode_adjustment_keeps_draws_it_would_move_outside_the_support():
+    # theta exactly linear in the summary, one mode: every draw moves onto one point unless that
+    # point is outside [lower, upper], where the draws keep their simulated values.
+    generator = torch.Generator().manual_seed(3)
+    summaries = torch.randn(400, 1, generator=generator, dtype=torch.float64)
+    theta = 0.5 + 0.2 * summaries
+    distance = summaries.abs().reshape(-1)
+    inside = linear_regression_adjustment(
+        theta,
+        summaries,
+        torch.tensor([1.0]),
+        distance,
+        modes=True,
+        lower=torch.tensor([0.0]),
+        upper=torch.tensor([1.0]),
+    )
+    torch.testing.assert_close(inside, torch.full_like(theta, 0.7), atol=1e-9, rtol=0)
+    outside = linear_regression_adjustment(
+        theta,
+        summaries,
+        torch.tensor([3.0]),
+        distance,
+        modes=True,
+        lower=torch.tensor([0.0]),
+        upper=torch.tensor([1.0]),
+    )
+    torch.testing.assert_close(outside, theta)  # 1.1 is outside [0, 1]: kept as simulated
