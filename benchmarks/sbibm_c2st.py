@@ -65,7 +65,8 @@ NUM_SAMPLES = 10_000
 SUMMARY_FRACTION = 0.2
 OURS = ("abc_rejection", "abc_smc", "abc_pmc", "abc_mcmc")
 #: abc_rejection keeping a tenth of the budget, with linear regression adjustment: one regression
-#: (``+adj``), or one per posterior mode (``+modes``).
+#: (``+adj``), or one per posterior mode after two rounds, the second from the prior truncated
+#: around the first's kept draws (``+modes``).
 ADJUSTED = "abc_rejection+adj"
 ADJUSTED_MODES = "abc_rejection+modes"
 #: A row's suffix -> abc_rejection's ``adjust=``.
@@ -122,6 +123,8 @@ def run_ours(
     options: dict = {"simulations": spend}
     if method == "abc_rejection" and adjust is not None:
         options.update(keep_fraction=max(100, spend // 10) / spend, adjust=adjust)
+        if adjust == "linear_modes":
+            options["rounds"] = 2
     elif method == "abc_rejection":
         options["keep_fraction"] = max(100, spend // 100) / spend
     elif method == "abc_smc":

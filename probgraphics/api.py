@@ -36,7 +36,7 @@ from probgraphics.inference.kernels.elliptical_slice import DEFAULT_MAX_SHRINKS
 from probgraphics.inference.pmc import KERNELS as PMC_KERNELS
 from probgraphics.inference.pmc import run_pmc
 from probgraphics.inference.posterior import Posterior
-from probgraphics.inference.rejection import run_rejection
+from probgraphics.inference.rejection import kept_count, run_rejection
 from probgraphics.inference.runner import (
     KERNEL_METHODS,
     AbcRun,
@@ -191,7 +191,9 @@ def infer(program: Callable[[], Any], observation: Any, method: str = "abc_mcmc"
             draws on their summaries, which lets a larger ``keep_fraction`` stay accurate where
             the parameters depend on the summary about linearly; ``"linear_modes"``: one such
             regression per posterior mode, for posteriors a fold of the parameters makes
-            multimodal), ``summary``, ``distance``,
+            multimodal), ``rounds`` (1; more: each round after the first simulates from the
+            prior truncated to a region around the draws kept so far, all rounds pooled),
+            ``summary``, ``distance``,
             ``seed``, ``device``, ``progress``, ``batch_size``, ``pilot_size``. ``abc_pmc``
             (population Monte Carlo ABC, :mod:`probgraphics.inference.pmc`): ``simulations``,
             ``particles`` (1000), ``draws`` (None: ``particles`` equal-weight draws resampled
@@ -591,6 +593,7 @@ _REJECTION_OPTIONS: dict[str, Any] = {
     "simulations": 10_000,
     "keep_fraction": 0.01,
     "adjust": None,
+    "rounds": 1,
     "summary": None,
     "distance": "standardized_l2",
     "seed": None,
@@ -1022,6 +1025,13 @@ def _run_abc_rejection(program, observation, options, explicit) -> Posterior:
     batch_size = options["batch_size"]
     batch_size = 1024 if batch_size is None else _check_int("batch_size", batch_size, 1)
     check_distance_spec(options["distance"])
+    rounds = _check_int("rounds", options["rounds"], 1)
+    if rounds > 1 and min(simulations // rounds, kept_count(simulations, keep_fraction)) < 2:
+        raise ValueError(
+            f"abc_rejection with rounds={rounds} needs at least 2 simulations a round and 2 kept "
+            f"draws to anchor each round's region; simulations={simulations} with keep_fraction="
+            f"{keep_fraction} leaves too few. Raise simulations or keep_fraction, or lower rounds."
+        )
     adjust = options["adjust"]
     if adjust not in ADJUSTMENTS:
         raise ValueError(
@@ -1036,6 +1046,7 @@ def _run_abc_rejection(program, observation, options, explicit) -> Posterior:
         "simulations": simulations,
         "keep_fraction": keep_fraction,
         "adjust": adjust,
+        "rounds": rounds,
         "summary": summary_name(options["summary"]),
         "distance": distance_name(options["distance"]),
         "seed": seed,
@@ -1059,6 +1070,7 @@ def _run_abc_rejection(program, observation, options, explicit) -> Posterior:
         settings=settings,
         adjust=None if adjust is None else support_bounds(trace, layout),
         adjust_modes=adjust == "linear_modes",
+        rounds=rounds,
     )
 
 

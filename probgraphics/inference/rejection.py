@@ -16,18 +16,29 @@ from typing import Any
 
 import torch
 
+from probgraphics.inference import truncation
 from probgraphics.inference.adjustment import linear_regression_adjustment
 from probgraphics.inference.distances import resolve_distance
 from probgraphics.inference.posterior import Posterior
 from probgraphics.inference.simulator import seeded_simulator, simulated_posterior
 from probgraphics.inference.whitening import WhiteningLayout
 
-__all__ = ["run_rejection", "kept_count"]
+__all__ = ["run_rejection", "kept_count", "round_sizes"]
 
 
 def kept_count(simulations: int, keep_fraction: float) -> int:
     """How many draws rejection keeps: ``max(1, round(keep_fraction * simulations))``."""
     return max(1, round(keep_fraction * simulations))
+
+
+def round_sizes(simulations: int, rounds: int) -> list[int]:
+    """The budget split over ``rounds`` rounds as evenly as it goes, earlier rounds the larger.
+
+    >>> round_sizes(10, 3)
+    [4, 3, 3]
+    """
+    share, extra = divmod(simulations, rounds)
+    return [share + (1 if r < extra else 0) for r in range(rounds)]
 
 
 def _merge_best(
@@ -65,6 +76,7 @@ def run_rejection(
     settings: dict[str, Any],
     adjust: tuple[torch.Tensor, torch.Tensor] | None = None,
     adjust_modes: bool = False,
+    rounds: int = 1,
 ) -> Posterior:
     """Run ABC rejection and return a one-chain :class:`Posterior`.
 
@@ -85,6 +97,8 @@ def run_rejection(
             them as simulated.
         adjust_modes: with ``adjust``, one regression per posterior mode, on the parameters'
             own scale (``modes=True`` of the adjustment).
+        rounds: simulate in this many rounds, each after the first from the prior truncated to
+            a region around the draws kept so far (:mod:`probgraphics.inference.truncation`).
     """
     start = time.perf_counter()
     torch_device = torch.device(device)
@@ -100,40 +114,70 @@ def run_rejection(
         bar = tqdm(total=simulations, desc="abc_rejection", unit="sim", mininterval=0.5)
     best = None
     pilot_values, pilot_summaries = [], []
-    scale_size = min(max(pilot_size, 2), simulations)
+    sizes = round_sizes(simulations, rounds)
+    # The distance's scale comes from the first round, which draws from the prior.
+    scale_size = min(max(pilot_size, 2), sizes[0])
     done = 0
     distance_fn = None
+    region = None
+    record: dict[str, list] = {"round_simulations": [], "round_epsilon": [], "prior_draws": []}
     try:
-        while done < simulations:
-            size = min(batch_size, simulations - done)
-            if distance_fn is None:
-                size = min(size, scale_size - done)
-            u = torch.randn(size, layout.dim, generator=generator, device=torch_device, dtype=dtype)
-            _, values, summaries = simulator.run(u)
-            index = torch.arange(done, done + size, device=torch_device)
-            done += size
-            if bar is not None:
-                bar.update(size)
-            if distance_fn is None:
-                pilot_values.append((values, index))
-                pilot_summaries.append(summaries)
-                if done < scale_size:
-                    continue
-                all_summaries = torch.cat(pilot_summaries)
-                distance_fn = resolve_distance(distance, all_summaries)
-                values = torch.cat([v for v, _ in pilot_values])
-                index = torch.cat([i for _, i in pilot_values])
-                summaries = all_summaries
-                pilot_values, pilot_summaries = [], []
-            with torch.no_grad():
-                batch_distance = distance_fn(summaries, simulator.observed_summary)
-            payload = (summaries,) if adjust is not None else ()
-            best = _merge_best(best, (batch_distance, values, index, *payload), kept)
+        for round_index, round_size in enumerate(sizes):
+            if round_index > 0:
+                # The draws kept so far anchor the next region (truncation module doc).
+                region = truncation.region_around(best[3][torch.isfinite(best[0])], region)
+            round_done = prior_draws = 0
+            while round_done < round_size:
+                size = min(batch_size, round_size - round_done)
+                if distance_fn is None:
+                    size = min(size, scale_size - done)
+                short = False
+                if region is None:
+                    u = torch.randn(
+                        size, layout.dim, generator=generator, device=torch_device, dtype=dtype
+                    )
+                    prior_draws += size
+                else:
+                    u, drawn = truncation.sample_prior_in(
+                        region, generator, size, layout.dim, dtype=dtype, device=torch_device
+                    )
+                    prior_draws += drawn
+                    short = u.shape[0] < size
+                    size = u.shape[0]
+                    if size == 0:
+                        break
+                _, values, summaries = simulator.run(u)
+                index = torch.arange(done, done + size, device=torch_device)
+                done += size
+                round_done += size
+                if bar is not None:
+                    bar.update(size)
+                if distance_fn is None:
+                    pilot_values.append((values, index, u))
+                    pilot_summaries.append(summaries)
+                    if done < scale_size:
+                        continue
+                    all_summaries = torch.cat(pilot_summaries)
+                    distance_fn = resolve_distance(distance, all_summaries)
+                    values = torch.cat([v for v, _, _ in pilot_values])
+                    index = torch.cat([i for _, i, _ in pilot_values])
+                    u = torch.cat([w for _, _, w in pilot_values])
+                    summaries = all_summaries
+                    pilot_values, pilot_summaries = [], []
+                with torch.no_grad():
+                    batch_distance = distance_fn(summaries, simulator.observed_summary)
+                payload = (summaries,) if adjust is not None else ()
+                best = _merge_best(best, (batch_distance, values, index, u, *payload), kept)
+                if short:
+                    break  # the region holds under 1/1000 of the prior: the round stops short
+            record["round_simulations"].append(round_done)
+            record["round_epsilon"].append(float(torch.nan_to_num(best[0], nan=torch.inf).max()))
+            record["prior_draws"].append(prior_draws)
     finally:
         if bar is not None:
             bar.close()
     distance_kept, values_kept, index_kept = best[:3]
-    summaries_kept = best[3] if adjust is not None else None
+    summaries_kept = best[4] if adjust is not None else None
     # Failed simulations (NaN distance) rank last but are never kept: fewer than asked, if so.
     finite = torch.isfinite(distance_kept)
     if not bool(finite.all()):
@@ -175,6 +219,7 @@ def run_rejection(
     full_settings = dict(settings)
     full_settings["epsilon_target"] = float(epsilon)
     full_settings["kept"] = kept
+    full_settings.update(record)
     return simulated_posterior(
         simulator,
         wall_time,
