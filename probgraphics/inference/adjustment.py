@@ -210,17 +210,17 @@ def posterior_modes(
     from scipy.sparse.csgraph import connected_components
     from scipy.spatial import cKDTree
 
+    from probgraphics.inference.neighbours import scaled_neighbours
+
     if values.dim() != 2 or not bool(torch.isfinite(values).all()):
         raise ValueError(f"posterior_modes needs finite draws (N, P), got {tuple(values.shape)}.")
     n = values.shape[0]
     if n < 2:
         return torch.zeros(n, dtype=torch.int64, device=values.device)
-    points = values.detach().cpu().double().numpy()
-    spread = points.std(axis=0)
-    points = points / np.where(spread > 0, spread, 1.0)
     k = max(1, min(neighbours, n // 20))
     min_size = max(min_size, math.ceil(min_fraction * n))
-    radius, nearest = cKDTree(points).query(points, k=k + 1)
+    near = scaled_neighbours(values, k)
+    points, radius, nearest = near.points, near.distances, near.indices
     core = radius[:, -1] <= np.quantile(radius[:, -1], MODE_CORE_QUANTILE)
     rows = np.repeat(np.arange(n), k)
     columns = nearest[:, 1:].reshape(-1)

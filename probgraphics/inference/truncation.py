@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from probgraphics.inference.neighbours import scaled_neighbours
+
 __all__ = ["Region", "contains", "region_around", "sample_prior_in"]
 
 #: Ball radius, in median distances from an anchor to its ``RADIUS_NEIGHBOURS``-th neighbour.
@@ -62,23 +64,15 @@ class Region:
 def region_around(anchors: torch.Tensor, parent: Region | None = None) -> Region:
     """The region around ``anchors`` ``(k >= 2, D)`` (whitened draws, any float dtype or
     device), inside ``parent``."""
-    from scipy.spatial import cKDTree
-
     if anchors.dim() != 2 or anchors.shape[0] < 2 or not bool(torch.isfinite(anchors).all()):
         raise ValueError(
             f"a truncation region needs at least 2 finite anchors (k, D), got "
             f"{tuple(anchors.shape)}; keep more draws per round."
         )
-    points = anchors.detach().cpu().double()
-    spread = points.std(dim=0)
-    scale = torch.where(spread > 0, spread, torch.ones_like(spread))
-    scaled = points / scale
-    tree = cKDTree(scaled.numpy())
-    neighbours = min(RADIUS_NEIGHBOURS, scaled.shape[0] - 1)
-    distances, _ = tree.query(scaled.numpy(), k=neighbours + 1)
-    typical = float(torch.as_tensor(distances[:, -1]).median())
+    near = scaled_neighbours(anchors, min(RADIUS_NEIGHBOURS, anchors.shape[0] - 1))
+    typical = float(torch.as_tensor(near.distances[:, -1]).median())
     radius = RADIUS_FACTOR * typical if typical > 0 else math.inf
-    return Region(scaled, scale, radius, tree, parent)
+    return Region(torch.from_numpy(near.points), near.scale, radius, near.tree, parent)
 
 
 def contains(region: Region | None, u: torch.Tensor) -> torch.Tensor:
