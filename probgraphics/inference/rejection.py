@@ -5,6 +5,11 @@ the budget) set the standardized distance's scale; after that only the best ``ke
 are held (a running top-k), so memory stays ``O(kept + pilot_size)`` whatever the budget. The
 result is one chain of ``kept = max(1, round(keep_fraction * simulations))`` draws in simulation
 order; its ``epsilon`` is the largest kept distance (the implied indicator-kernel tolerance).
+
+With ``rounds=R`` the budget is split into ``R`` rounds. Each round after the first draws from the
+prior truncated to a region around the draws kept so far (:mod:`~probgraphics.inference.
+truncation`), and every round feeds the same running top-``kept``. ``settings`` records each
+round's simulations, tolerance and prior draws.
 """
 
 from __future__ import annotations
