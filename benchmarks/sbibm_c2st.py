@@ -69,8 +69,11 @@ OURS = ("abc_rejection", "abc_smc", "abc_pmc", "abc_mcmc")
 #: around the first's kept draws (``+modes``).
 ADJUSTED = "abc_rejection+adj"
 ADJUSTED_MODES = "abc_rejection+modes"
-#: A row's suffix -> abc_rejection's ``adjust=``.
-ADJUSTMENTS = {"+adj": "linear", "+modes": "linear_modes"}
+#: A row's suffix -> the options it adds to abc_rejection keeping a tenth.
+ADJUSTMENTS = {
+    "+adj": {"adjust": "linear"},
+    "+modes": {"adjust": "linear_modes", "rounds": 2},
+}
 PEERS = ("sbi_mcabc", "sbi_smcabc", "pyabc_smcabc", "elfi_rejection")
 #: abc_pmc's options in its rows (chosen on two_moons at 1e5, observation 1: docs/sbibm.md).
 PMC_OPTIONS = {"particles": 1_000, "kernel": "knn"}
@@ -109,10 +112,17 @@ def base_method(method: str) -> str:
 
 
 def run_ours(
-    task, number: int, method: str, budget: int, learned: bool, seed: int, adjust: str | None = None
+    task,
+    number: int,
+    method: str,
+    budget: int,
+    learned: bool,
+    seed: int,
+    adjust: dict | None = None,
 ):
     """Draws ``(n, D)`` of our ``method`` within ``budget`` simulations (summary fit included);
-    ``adjust`` (``"linear"`` or ``"linear_modes"``): abc_rejection keeping a tenth, adjusted."""
+    ``adjust`` (a value of :data:`ADJUSTMENTS`): abc_rejection keeping a tenth, with those
+    options."""
     observation = {"x": task.observation(number)}
     summary = None
     spend = budget
@@ -122,9 +132,7 @@ def run_ours(
         spend = budget - pilot
     options: dict = {"simulations": spend}
     if method == "abc_rejection" and adjust is not None:
-        options.update(keep_fraction=max(100, spend // 10) / spend, adjust=adjust)
-        if adjust == "linear_modes":
-            options["rounds"] = 2
+        options.update(keep_fraction=max(100, spend // 10) / spend, **adjust)
     elif method == "abc_rejection":
         options["keep_fraction"] = max(100, spend // 100) / spend
     elif method == "abc_smc":
