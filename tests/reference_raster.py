@@ -51,6 +51,7 @@ def reference_render_mesh(
     background=0.0,
     camera_distance=10.0,
     cull_backfaces=True,
+    silhouette_blur=0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render ``B`` scenes; arguments as ``render_mesh`` with a leading batch dimension ``B``.
 
@@ -58,6 +59,10 @@ def reference_render_mesh(
     ``(B, V, C)``, rotation ``(B, 3, 3)``, scale ``(B,)`` or float, offset ``(B, 2)``,
     light_direction ``(B, 3)``, ambient/diffuse float or ``(B,)``, background float, ``(C,)`` or
     ``(B, C)``).
+
+    ``silhouette_blur > 0``: every uncovered pixel is composited from every drawable triangle
+    (front-facing when culling) as ``render_mesh``'s "Soft silhouettes" says, with the distance
+    to the triangle taken over its three edges.
 
     Returns:
         image ``(B, C, H, W)`` float64 and face ids ``(B, H, W)`` int64 (-1 for background).
@@ -152,8 +157,63 @@ def reference_render_mesh(
                 f = face_ids[b, row, col]
                 if f < 0:
                     image[b, :, row, col] = backgrounds[b]
+                    if silhouette_blur > 0:
+                        image[b, :, row, col] = _halo(
+                            (col + 0.5, row + 0.5),
+                            screen,
+                            depth,
+                            colour,
+                            faces,
+                            backgrounds[b],
+                            cull_backfaces,
+                            silhouette_blur,
+                        )
                     continue
                 lam = weights[row, col]
                 for ch in range(channels):
                     image[b, ch, row, col] = sum(lam[t] * colour[faces[f, t]][ch] for t in range(3))
     return image, face_ids
+
+
+def _halo(p, screen, depth, colour, faces, background, cull_backfaces, blur):
+    """The soft-silhouette value of uncovered pixel centre ``p`` (a list of channel values)."""
+    reach = 4.0 * blur
+    cut = math.exp(-0.5 * 4.0 * 4.0)
+    clear = 1.0
+    total = 0.0
+    weighted = [0.0] * len(background)
+    for i, j, k in faces:
+        corners = (screen[i], screen[j], screen[k])
+        if not all(_finite(q) for q in corners):
+            continue
+        if not all(math.isfinite(depth[t]) and depth[t] > 0 for t in (i, j, k)):
+            continue
+        area2 = _edge(*corners)
+        projected = -area2 if cull_backfaces else abs(area2)
+        if not math.isfinite(area2) or projected <= 0:
+            continue
+        best = None
+        for start, end in ((j, k), (k, i), (i, j)):
+            (ax, ay), (bx, by) = screen[start], screen[end]
+            ex, ey = bx - ax, by - ay
+            length2 = ex * ex + ey * ey
+            t = 0.0 if length2 == 0 else ((p[0] - ax) * ex + (p[1] - ay) * ey) / length2
+            t = min(1.0, max(0.0, t))
+            d2 = (p[0] - ax - t * ex) ** 2 + (p[1] - ay - t * ey) ** 2
+            if best is None or d2 < best[0]:
+                best = (d2, t, start, end)
+        d2, t, start, end = best
+        if d2 > reach * reach:
+            continue
+        fade = min(1.0, projected / (0.5 * blur * blur))
+        strength = fade * max(0.0, (math.exp(-d2 / (2 * blur * blur)) - cut) / (1 - cut))
+        clear *= 1.0 - strength
+        total += strength
+        for ch in range(len(background)):
+            weighted[ch] += strength * ((1 - t) * colour[start][ch] + t * colour[end][ch])
+    alpha = 1.0 - clear
+    if total == 0:
+        return list(background)
+    return [
+        alpha * weighted[ch] / total + (1 - alpha) * background[ch] for ch in range(len(weighted))
+    ]

@@ -38,6 +38,7 @@ from probgraphics.morphable import MorphableModel
 from probgraphics.programs.dcign import _check_noise
 from probgraphics.programs.registry import register
 from probgraphics.render import render_mesh, rotation_matrix
+from probgraphics.render.mesh import check_silhouette_blur
 
 __all__ = ["FaceProgram", "face"]
 
@@ -73,9 +74,11 @@ class FaceProgram:
         camera_offset: float,
         camera_scale: tuple[float, float],
         supersample: int = 1,
+        silhouette_blur: float = 0.0,
     ) -> None:
         self.resolution = resolution
         self.supersample = supersample
+        self.silhouette_blur = silhouette_blur
         self.color = color
         self.channels = 1 if color == "gray" else 3
         self.noise = noise
@@ -96,7 +99,7 @@ class FaceProgram:
         return (
             f"face(resolution={self.resolution}, color={self.color!r}, noise={self.noise}, "
             f"n_shape={self.n_shape}, n_texture={self.n_texture}, backend={self.backend!r}, "
-            f"supersample={self.supersample})"
+            f"supersample={self.supersample}, silhouette_blur={self.silhouette_blur})"
         )
 
     # -- the Pyro program ---------------------------------------------------------------------
@@ -227,6 +230,7 @@ class FaceProgram:
             diffuse=self.diffuse,
             image_size=(self.resolution * self.supersample,) * 2,
             backend=self.backend,
+            silhouette_blur=self.silhouette_blur * self.supersample,
         )
         image = out.image
         if self.supersample > 1:
@@ -269,6 +273,7 @@ def face(
     camera_offset: float = 0.15,
     camera_scale: tuple[float, float] = (0.75, 0.95),
     supersample: int = 1,
+    silhouette_blur: float = 0.0,
 ) -> FaceProgram:
     """Build the face scene program of seed 000 section 4.1.
 
@@ -294,6 +299,11 @@ def face(
             ``supersample**2`` samples of the rasterizer (box-filter anti-aliasing), so its value
             moves in small steps as an edge crosses it. Costs about ``supersample**2`` times the
             pixel work of a render.
+        silhouette_blur: width in pixels of the halo that softens the face's outline against
+            the background (``render_mesh``'s "Soft silhouettes"), >= 0; 0 (default) draws hard
+            edges. Above 0 the image changes continuously as the face moves (except where the
+            face occludes itself) and its gradients reach the outline; rendering costs about
+            ten times more on CPU (the halo is computed by the torch path).
 
     Returns:
         A :class:`FaceProgram`, a Pyro model taking no arguments.
@@ -309,6 +319,7 @@ def face(
         )
     if color not in ("gray", "rgb"):
         raise ValueError(f"color must be 'gray' or 'rgb', got {color!r}")
+    silhouette_blur = check_silhouette_blur("face", silhouette_blur)
     noise = _check_noise(noise, "face")
     if backend not in ("auto", "numba", "torch"):
         raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
@@ -347,4 +358,5 @@ def face(
         camera_offset=float(camera_offset),
         camera_scale=(smin, smax),
         supersample=supersample,
+        silhouette_blur=silhouette_blur,
     )

@@ -188,6 +188,7 @@ def render_mesh(
     camera_distance: float = 10.0,
     cull_backfaces: bool = True,
     backend: str = "auto",
+    silhouette_blur: float = 0.0,
 ) -> RenderOutput:
     """Rasterize a batch of triangle meshes (conventions in the module docstring).
 
@@ -206,6 +207,10 @@ def render_mesh(
         camera_distance: positive float; depth is ``camera_distance - z_cam``.
         cull_backfaces: drop triangles facing away from the camera.
         backend: ``"auto"``, ``"numba"`` (CPU, float32, no gradients) or ``"torch"``.
+        silhouette_blur: float >= 0, in pixels. 0 (the default): the hard rasterizer. Above 0,
+            uncovered pixels near the mesh take a halo of width about ``silhouette_blur``
+            (see "Soft silhouettes" in the module docstring); covered pixels and ``face_ids``
+            are unchanged.
 
     All tensors must be on one device and share one floating dtype; the leading batch shapes
     ``S`` of the per-scene arguments broadcast.
@@ -230,6 +235,7 @@ def render_mesh(
         raise TypeError(
             f"render_mesh: cull_backfaces must be True or False, got {cull_backfaces!r}."
         )
+    silhouette_blur = check_silhouette_blur("render_mesh", silhouette_blur)
 
     for name, value in (
         ("vertices", vertices),
@@ -353,6 +359,16 @@ def render_mesh(
         image, face_ids = _numba_raster.render(**args, **common)
     else:
         image, face_ids = _torch_raster.render(**args, **common)
+    if silhouette_blur > 0:
+        image = _torch_raster.silhouette_halo(
+            image=image,
+            face_ids=face_ids,
+            faces=faces,
+            camera_distance=float(camera_distance),
+            cull_backfaces=cull_backfaces,
+            blur=silhouette_blur,
+            **args,
+        )
     return RenderOutput(
         image=image.reshape(*batch, channels, height, width),
         face_ids=face_ids.reshape(*batch, height, width),
@@ -360,6 +376,21 @@ def render_mesh(
 
 
 # -- validation helpers -------------------------------------------------------------------------
+
+
+def check_silhouette_blur(function: str, value) -> float:
+    """``value`` as a float >= 0 (pixels), or a TypeError/ValueError naming ``function``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"{function}: silhouette_blur must be a float >= 0 (pixels), got "
+            f"{type(value).__name__}."
+        )
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(
+            f"{function}: silhouette_blur must be finite and >= 0 (pixels; 0 for hard edges), "
+            f"got {value}."
+        )
+    return float(value)
 
 
 def _check_tensor(function: str, name: str, value) -> None:
