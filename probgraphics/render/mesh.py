@@ -42,6 +42,20 @@ Shading (Gouraud, Lambertian)
     triangle with screen-space barycentric weights (exact for weak perspective). Background pixels
     get ``background``. Non-finite camera parameters (rotation, scale, offset) drop every
     triangle; NaN in albedo, light or shading coefficients reaches the pixels that use them.
+Soft silhouettes (``silhouette_blur > 0``)
+    The hard rasterizer's image is piecewise constant in the mesh's position: a pixel flips
+    between face and background when an edge crosses its centre, and such flips carry no
+    gradient. With ``silhouette_blur = b`` pixels, each uncovered pixel within ``4 b`` of a
+    drawable triangle (front-facing when culling) is composited as
+    ``alpha * halo_colour + (1 - alpha) * background``, where ``alpha = 1 - prod_t (1 - s_t)``
+    over those triangles, ``s_t`` is a Gaussian of the pixel's distance to triangle ``t`` (width
+    ``b``, shifted to reach 0 at ``4 b``) times a fade-in over the triangle's first ``b^2 / 2``
+    square pixels of projected area (so a triangle turning edge-on fades instead of vanishing),
+    and ``halo_colour`` is the ``s_t``-weighted Gouraud colour at each triangle's nearest point.
+    At the outline ``alpha = 1`` and the colour is the edge's own, so pixel values are continuous
+    across it and change continuously as the mesh moves, except where the mesh occludes itself.
+    Covered pixels and ``face_ids`` are exactly the hard render's. The halo is computed by torch
+    (after either backend), differentiably (after DIB-R, Chen et al. 2019).
 
 Backends
 --------
@@ -62,6 +76,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from probgraphics.render import _torch_raster
 
@@ -324,6 +339,9 @@ def render_mesh(
     args = {name: flat(value, event_dims[name]) for name, value in floating.items()}
 
     needs_grad = torch.is_grad_enabled() and any(v.requires_grad for v in floating.values())
+    # Forward-mode AD (torch.func.jvp, forward_ad.make_dual) carries tangents without
+    # requires_grad; the numba kernel would drop them silently.
+    needs_grad = needs_grad or any(_has_tangent(v) for v in floating.values())
     if backend == "auto":
         use_numba = device.type == "cpu" and dtype == torch.float32 and not needs_grad
     elif backend == "numba":
@@ -340,7 +358,8 @@ def render_mesh(
         if needs_grad:
             raise ValueError(
                 "render_mesh: backend='numba' cannot propagate gradients but an input requires "
-                "grad; use backend='torch' (or 'auto'), or detach the inputs."
+                "grad (or carries a forward-mode tangent); use backend='torch' (or 'auto'), or "
+                "detach the inputs."
             )
         use_numba = True
     else:
@@ -376,6 +395,11 @@ def render_mesh(
 
 
 # -- validation helpers -------------------------------------------------------------------------
+
+
+def _has_tangent(value: Tensor) -> bool:
+    """Whether ``value`` is a forward-mode AD dual tensor."""
+    return forward_ad.unpack_dual(value).tangent is not None
 
 
 def check_silhouette_blur(function: str, value) -> float:

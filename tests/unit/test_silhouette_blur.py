@@ -140,3 +140,26 @@ def test_bad_blur_is_refused(value, error, message):
         render_mesh(*mesh, silhouette_blur=value, **options)
     with pytest.raises(error, match=message):
         programs.face(resolution=16, silhouette_blur=value)
+
+
+@pytest.mark.parametrize("blur", [0.0, 0.6])
+def test_forward_mode_tangents_take_the_torch_path(blur):
+    """``backend="auto"`` with forward-mode dual inputs (no requires_grad) must not pick the
+    numba kernel, which would drop the tangents: jvp equals the reverse-mode product."""
+    mesh, options = _split(_sphere_scene(1, 2))
+    vertices = mesh[0]
+    direction = torch.randn(vertices.shape, generator=torch.Generator().manual_seed(3))
+    weights = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+
+    def image(v):
+        return render_mesh(v, *mesh[1:], image_size=16, silhouette_blur=blur, **options).image
+
+    _, tangent = torch.func.jvp(image, (vertices,), (direction,))
+    v = vertices.clone().requires_grad_(True)
+    (image(v) * weights).sum().backward()
+    assert (tangent * weights).sum().abs() > 1e-3
+    torch.testing.assert_close((tangent * weights).sum(), (v.grad * direction).sum())
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(vertices, direction)
+        with pytest.raises(ValueError, match="forward-mode tangent"):
+            render_mesh(dual, *mesh[1:], image_size=16, backend="numba", **options)
