@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--simulations", type=int, default=40_000)
     parser.add_argument("--epsilons", nargs="+", type=float, default=[0.0, 0.1, 0.3])
     parser.add_argument("--supersample", type=int, default=1)
+    parser.add_argument(
+        "--silhouette-blur", type=float, default=0.0, help="face(silhouette_blur=...), pixels"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--fixed", nargs="+", default=[], help="latent sites held at their true values"
@@ -150,7 +153,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="face_mixing", help="results/<out>.json")
     args = parser.parse_args(argv)
     set_num_threads(args.threads)
-    program = pg.programs.face(resolution=64, supersample=args.supersample)
+    program = pg.programs.face(
+        resolution=64, supersample=args.supersample, silhouette_blur=args.silhouette_blur
+    )
     truth = pg.programs.simulate(program, seed=0)
     settings = [(epsilon, 0.0) for epsilon in args.epsilons] + [(0.0, 0.5)]
     unknown = sorted(set(args.fixed) - set(program.latent_sites))
