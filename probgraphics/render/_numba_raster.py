@@ -323,3 +323,121 @@ def render(
             face_ids.numpy(),
         )
     return image, face_ids
+
+
+@njit(cache=True, fastmath=False)
+def _halo_scene(
+    screen_x,
+    screen_y,
+    colour,
+    drawable,
+    faces,
+    face_ids,
+    background,
+    blur,
+    reach,
+    cut,
+    cull,
+    image,
+    log_clear,
+    weight,
+    weighted,
+):
+    """One scene's soft silhouette (the torch path's ``silhouette_halo``, in float64)."""
+    height, width = face_ids.shape
+    channels = colour.shape[1]
+    log_clear[:] = 0.0
+    weight[:] = 0.0
+    weighted[:] = 0.0
+    two_b2 = 2.0 * blur * blur
+    fade_area = 0.5 * blur * blur
+    # torch clamps the strength below 1 by float32's epsilon (the images are float32).
+    most = 1.0 - 1.1920928955078125e-07
+    for f in range(faces.shape[0]):
+        i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
+        if not (drawable[i0] and drawable[i1] and drawable[i2]):
+            continue
+        xs = (np.float64(screen_x[i0]), np.float64(screen_x[i1]), np.float64(screen_x[i2]))
+        ys = (np.float64(screen_y[i0]), np.float64(screen_y[i1]), np.float64(screen_y[i2]))
+        area2 = (xs[1] - xs[0]) * (ys[2] - ys[0]) - (ys[1] - ys[0]) * (xs[2] - xs[0])
+        projected = -area2 if cull else abs(area2)
+        if not (projected > 0.0) or not np.isfinite(area2):
+            continue
+        fade = min(1.0, projected / fade_area)
+        col_min = int(np.ceil(min(max(min(xs[0], xs[1], xs[2]) - reach - 0.5, 0.0), width)))
+        col_max = int(np.floor(min(max(max(xs[0], xs[1], xs[2]) + reach - 0.5, -1.0), width - 1)))
+        row_min = int(np.ceil(min(max(min(ys[0], ys[1], ys[2]) - reach - 0.5, 0.0), height)))
+        row_max = int(np.floor(min(max(max(ys[0], ys[1], ys[2]) + reach - 0.5, -1.0), height - 1)))
+        corners = (i0, i1, i2)
+        for row in range(row_min, row_max + 1):
+            py = row + 0.5
+            for col in range(col_min, col_max + 1):
+                if face_ids[row, col] >= 0:
+                    continue
+                px = col + 0.5
+                best = np.inf
+                best_t = 0.0
+                best_k = 0
+                for k in range(3):
+                    # Edge k runs from corner k+1 to corner k+2 (opposite corner k).
+                    sx, sy = xs[(k + 1) % 3], ys[(k + 1) % 3]
+                    ex, ey = xs[(k + 2) % 3] - sx, ys[(k + 2) % 3] - sy
+                    length2 = ex * ex + ey * ey
+                    t = ((px - sx) * ex + (py - sy) * ey) / length2 if length2 > 0 else 0.0
+                    t = min(max(t, 0.0), 1.0)
+                    dx, dy = px - (sx + t * ex), py - (sy + t * ey)
+                    d2 = dx * dx + dy * dy
+                    if d2 < best:
+                        best, best_t, best_k = d2, t, k
+                kernel = (np.exp(-best / two_b2) - cut) / (1.0 - cut)
+                if kernel <= 0.0:
+                    continue
+                strength = min(fade * kernel, most)
+                pixel = row * width + col
+                log_clear[pixel] += np.log1p(-strength)
+                weight[pixel] += strength
+                first = corners[(best_k + 1) % 3]
+                second = corners[(best_k + 2) % 3]
+                for ch in range(channels):
+                    weighted[pixel, ch] += strength * (
+                        (1.0 - best_t) * colour[first, ch] + best_t * colour[second, ch]
+                    )
+    for row in range(height):
+        for col in range(width):
+            pixel = row * width + col
+            if weight[pixel] <= 0.0:
+                continue
+            alpha = -np.expm1(log_clear[pixel])
+            for ch in range(channels):
+                value = alpha * weighted[pixel, ch] / weight[pixel] + (1.0 - alpha) * background[ch]
+                image[ch, row, col] = np.float32(value)
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def halo_batch(
+    screen_x, screen_y, colour, drawable, faces, face_ids, background, blur, reach, cut, cull, image
+):
+    """Soften B scenes' silhouettes in place (``image`` ``(B, C, H, W)`` float32, written)."""
+    n_scenes, height, width = face_ids.shape
+    channels = colour.shape[2]
+    for b in prange(n_scenes):
+        log_clear = np.empty(height * width)
+        weight = np.empty(height * width)
+        weighted = np.empty((height * width, channels))
+        _halo_scene(
+            screen_x[b],
+            screen_y[b],
+            colour[b],
+            drawable[b],
+            faces,
+            face_ids[b],
+            background[b],
+            blur,
+            reach,
+            cut,
+            cull,
+            image[b],
+            log_clear,
+            weight,
+            weighted,
+        )

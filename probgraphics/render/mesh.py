@@ -386,6 +386,7 @@ def render_mesh(
             camera_distance=float(camera_distance),
             cull_backfaces=cull_backfaces,
             blur=silhouette_blur,
+            differentiable=not use_numba,
             **args,
         )
     return RenderOutput(

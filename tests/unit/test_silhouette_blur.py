@@ -41,6 +41,27 @@ def test_halo_matches_reference(make, blur, cull, size):
     np.testing.assert_allclose(got.image.numpy(), expected, atol=1e-9, rtol=0)
 
 
+@pytest.mark.parametrize(
+    "make, blur, cull",
+    [
+        (lambda: _random_soup(6, 3, 8, 3), 0.8, True),
+        (lambda: _random_soup(7, 2, 6, 1), 1.3, False),
+        (lambda: _sphere_scene(3, 8), 0.5, True),
+    ],
+)
+def test_numba_halo_matches_the_torch_halo(make, blur, cull):
+    # float32 CPU inputs without gradients: render_mesh's numba path composites the halo with
+    # the numba kernel (float64 inside), the torch path with torch ops in float32.
+    mesh, options = _split(make())
+    options.update(image_size=(20, 18), cull_backfaces=cull, silhouette_blur=blur)
+    fast = render_mesh(*mesh, backend="numba", **options)
+    slow = render_mesh(*mesh, backend="torch", **options)
+    hard = render_mesh(*mesh, backend="numba", **{**options, "silhouette_blur": 0.0})
+    assert fast.face_ids.equal(slow.face_ids)
+    assert ((fast.image - hard.image).abs() > 1e-3).sum() > 10, "the halo shows"
+    torch.testing.assert_close(fast.image, slow.image, atol=2e-6, rtol=0)
+
+
 @pytest.mark.parametrize("backend", ["numba", "torch"])
 def test_covered_pixels_and_face_ids_are_the_hard_render(backend):
     scene = _sphere_scene(3, 1)
