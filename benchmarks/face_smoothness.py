@@ -1,7 +1,7 @@
 """How rugged the face program's likelihood is over pose, and what anti-aliasing does to it.
 
-For each ``supersample`` (``pg.programs.face(supersample=s)``), on the demo scene (seed 0, 64 px,
-noise 0.02):
+For each ``supersample`` and ``silhouette_blur`` (``pg.programs.face(supersample=s,
+silhouette_blur=b)``), on the demo scene (seed 0, 64 px, noise 0.02):
 
 * ``largest slope jump``: the Gaussian log-likelihood of the noise-free render against the
   observation along azimuth = truth +- 1 degree in 0.05-degree steps (every other latent at the
@@ -15,6 +15,7 @@ noise 0.02):
 Prints a table and writes ``benchmarks/results/face_smoothness.json``::
 
     python benchmarks/face_smoothness.py --supersample 1 2 3 4 --rhat-budgets 20000
+    python benchmarks/face_smoothness.py --supersample 1 3 --silhouette-blur 0 0.5
 """
 
 from __future__ import annotations
@@ -92,16 +93,18 @@ def largest_rhat(program, image, budget: int, noise: str) -> tuple[float, float]
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--supersample", nargs="+", type=int, default=[1, 2, 3, 4])
+    parser.add_argument("--silhouette-blur", nargs="+", type=float, default=[0.0])
     parser.add_argument("--rhat-budgets", nargs="*", type=int, default=[])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     set_num_threads(args.threads)
     rows = []
-    for s in args.supersample:
-        program = pg.programs.face(resolution=64, supersample=s)
+    for s, blur in [(s, b) for s in args.supersample for b in args.silhouette_blur]:
+        program = pg.programs.face(resolution=64, supersample=s, silhouette_blur=blur)
         truth = pg.programs.simulate(program, seed=0)
         row = {
             "supersample": s,
+            "silhouette_blur": blur,
             "largest_slope_jump_nats": slope_jump(program, truth),
             "render_ms_batch_64": render_ms(program, truth),
         }
