@@ -17,10 +17,14 @@ were, the step would land on the mode and lower the distance.
 chains move only the others: which latents hold the mixing back, and whether a low-dimensional
 scene mixes at all (the Gauss-Newton check is then left out).
 
+``--supersample`` and ``--silhouette-blur`` pick the renderer (``pg.programs.face(supersample=s,
+silhouette_blur=b)``): the observation and every simulation use it.
+
 Prints a table and writes ``benchmarks/results/face_mixing.json`` (``--out``)::
 
     python benchmarks/face_mixing.py --chains 8 --simulations 40000 --epsilons 0 0.1 0.3
     python benchmarks/face_mixing.py --fixed shape texture --out face_mixing_fixed
+    python benchmarks/face_mixing.py --fixed shape texture --silhouette-blur 0.5 --out blur
 """
 
 from __future__ import annotations
