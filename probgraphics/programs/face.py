@@ -302,8 +302,8 @@ def face(
         silhouette_blur: width in pixels of the halo that softens the face's outline against
             the background (``render_mesh``'s "Soft silhouettes"), >= 0; 0 (default) draws hard
             edges. Above 0 the image changes continuously as the face moves (except where the
-            face occludes itself) and its gradients reach the outline; rendering costs about
-            ten times more on CPU (the halo is computed by the torch path).
+            face occludes itself) and its gradients reach the outline; a render costs about
+            four times the hard one on CPU (numba path; the torch path's halo is slower).
 
     Returns:
         A :class:`FaceProgram`, a Pyro model taking no arguments.
