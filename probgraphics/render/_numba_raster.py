@@ -18,6 +18,8 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
+from probgraphics.render._torch_raster import HALO_REACH
+
 __all__ = ["render", "render_batch"]
 
 # float32 constants: a bare Python float would promote the arithmetic to float64.
@@ -59,10 +61,12 @@ def _render_scene(
     background,
     camera_distance,
     cull_backfaces,
+    blur,
     image,
     face_ids,
 ):
-    """Render one scene into ``image`` ``(C, H, W)`` and ``face_ids`` ``(H, W)`` in place."""
+    """Render one scene into ``image`` ``(C, H, W)`` and ``face_ids`` ``(H, W)`` in place;
+    with ``blur > 0`` soften its silhouette (:func:`_halo_scene`)."""
     n_vertices = vertices.shape[0]
     n_faces = faces.shape[0]
     channels = albedo.shape[1]
@@ -229,6 +233,21 @@ def _render_scene(
                         l0 * colour[i0, ch] + l1 * colour[i1, ch] + (l2 * colour[i2, ch])
                     )
 
+    if blur > 0:
+        # The halo reuses this scene's screen positions and colours.
+        _halo_scene(
+            screen_x,
+            screen_y,
+            colour,
+            drawable,
+            faces,
+            face_ids,
+            background,
+            blur,
+            cull_backfaces,
+            image,
+        )
+
 
 @njit(parallel=True, cache=True, fastmath=False)
 def render_batch(
@@ -244,6 +263,7 @@ def render_batch(
     background,
     camera_distance,
     cull_backfaces,
+    blur,
     image,
     face_ids,
 ):
@@ -252,7 +272,8 @@ def render_batch(
     Arrays (C-contiguous): vertices ``(B, V, 3)`` float32, faces ``(F, 3)`` int64, albedo
     ``(B, V, C)`` float32, rotation ``(B, 3, 3)``, scale ``(B,)``, offset ``(B, 2)``, light
     ``(B, 3)``, ambient ``(B,)``, diffuse ``(B,)``, background ``(B, C)`` float32;
-    camera_distance float32; cull_backfaces bool; image ``(B, C, H, W)`` float32 and face_ids
+    camera_distance float32; cull_backfaces bool; blur float (``silhouette_blur``, 0 for hard
+    edges); image ``(B, C, H, W)`` float32 and face_ids
     ``(B, H, W)`` int64, written.
     """
     for b in prange(vertices.shape[0]):
@@ -270,6 +291,7 @@ def render_batch(
             background[b],
             camera_distance,
             cull_backfaces,
+            blur,
             image[b],
             face_ids[b],
         )
@@ -291,6 +313,7 @@ def render(
     width: int,
     camera_distance: float,
     cull_backfaces: bool,
+    silhouette_blur: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """Render validated, flattened float32 CPU inputs (see ``render_mesh``) with the kernel.
 
@@ -319,6 +342,7 @@ def render(
             array(background),
             np.float32(camera_distance),
             bool(cull_backfaces),
+            float(silhouette_blur),
             image.numpy(),
             face_ids.numpy(),
         )
@@ -327,28 +351,17 @@ def render(
 
 @njit(cache=True, fastmath=False)
 def _halo_scene(
-    screen_x,
-    screen_y,
-    colour,
-    drawable,
-    faces,
-    face_ids,
-    background,
-    blur,
-    reach,
-    cut,
-    cull,
-    image,
-    log_clear,
-    weight,
-    weighted,
+    screen_x, screen_y, colour, drawable, faces, face_ids, background, blur, cull, image
 ):
-    """One scene's soft silhouette (the torch path's ``silhouette_halo``, in float64)."""
+    """One scene's soft silhouette, in float64: the torch path's ``silhouette_halo`` (whose
+    docstring gives the formula), written into the uncovered pixels of ``image`` in place."""
     height, width = face_ids.shape
     channels = colour.shape[1]
-    log_clear[:] = 0.0
-    weight[:] = 0.0
-    weighted[:] = 0.0
+    log_clear = np.zeros(height * width)
+    weight = np.zeros(height * width)
+    weighted = np.zeros((height * width, channels))
+    reach = HALO_REACH * blur
+    cut = np.exp(-0.5 * HALO_REACH * HALO_REACH)
     two_b2 = 2.0 * blur * blur
     fade_area = 0.5 * blur * blur
     # torch clamps the strength below 1 by float32's epsilon (the images are float32).
@@ -411,33 +424,3 @@ def _halo_scene(
             for ch in range(channels):
                 value = alpha * weighted[pixel, ch] / weight[pixel] + (1.0 - alpha) * background[ch]
                 image[ch, row, col] = np.float32(value)
-
-
-@njit(parallel=True, cache=True, fastmath=False)
-def halo_batch(
-    screen_x, screen_y, colour, drawable, faces, face_ids, background, blur, reach, cut, cull, image
-):
-    """Soften B scenes' silhouettes in place (``image`` ``(B, C, H, W)`` float32, written)."""
-    n_scenes, height, width = face_ids.shape
-    channels = colour.shape[2]
-    for b in prange(n_scenes):
-        log_clear = np.empty(height * width)
-        weight = np.empty(height * width)
-        weighted = np.empty((height * width, channels))
-        _halo_scene(
-            screen_x[b],
-            screen_y[b],
-            colour[b],
-            drawable[b],
-            faces,
-            face_ids[b],
-            background[b],
-            blur,
-            reach,
-            cut,
-            cull,
-            image[b],
-            log_clear,
-            weight,
-            weighted,
-        )

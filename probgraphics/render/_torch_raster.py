@@ -21,7 +21,6 @@ the two backends agree on face ids exactly on CPU.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterator
 
@@ -433,7 +432,6 @@ def silhouette_halo(
     camera_distance: float,
     cull_backfaces: bool,
     blur: float,
-    differentiable: bool = True,
 ) -> Tensor:
     """Soften the silhouette of a rasterized batch: uncovered pixels near a triangle get a halo.
 
@@ -453,47 +451,24 @@ def silhouette_halo(
     image is continuous across it, and pixel values change continuously as the mesh moves except
     at occlusion boundaries inside the mesh (after Chen et al. 2019, DIB-R, whose background
     pixels take a product of per-triangle distance kernels). Differentiable with respect to the
-    same inputs as :func:`render`, including through the silhouette.
+    same inputs as :func:`render`, including through the silhouette. The numba kernel computes the
+    same halo inside its scene loop (``_numba_raster._halo_scene``, float64).
 
     Args:
         image: ``(B, C, H, W)`` the hard render; face_ids ``(B, H, W)`` int64 (-1 uncovered).
         Other arguments as :func:`render`; blur: positive float, in pixels.
-        differentiable: ``False`` (float32 CPU tensors only) composites the halo with the numba
-            kernel ``_numba_raster.halo_batch`` (float64 inside, no gradients), several times
-            faster; the same values to float32 rounding.
 
     Returns:
         ``(B, C, H, W)`` image, the inputs' dtype and device.
     """
     n_scenes, channels, height, width = image.shape
     n_pixels = n_scenes * height * width
-    with contextlib.nullcontext() if differentiable else torch.no_grad():
-        camera, screen_x, screen_y, _, camera_finite, drawable = camera_transform(
-            vertices, rotation, scale, offset, height, width, camera_distance
-        )
-        normals = vertex_normals(camera, camera_finite, faces)
-        cosine = (normals * light_direction[:, None, :]).sum(-1).clamp_min(0)
-        colour = albedo * (ambient[:, None] + diffuse[:, None] * cosine)[..., None]  # (B, V, C)
-    if not differentiable:
-        from probgraphics.render import _numba_raster
-
-        out = image.detach().clone().contiguous()
-        if n_scenes:
-            _numba_raster.halo_batch(
-                screen_x.contiguous().numpy(),
-                screen_y.contiguous().numpy(),
-                colour.contiguous().numpy(),
-                drawable.contiguous().numpy(),
-                faces.contiguous().numpy(),
-                face_ids.contiguous().numpy(),
-                background.contiguous().numpy(),
-                float(blur),
-                HALO_REACH * float(blur),
-                math.exp(-0.5 * HALO_REACH * HALO_REACH),
-                bool(cull_backfaces),
-                out.numpy(),
-            )
-        return out
+    camera, screen_x, screen_y, _, camera_finite, drawable = camera_transform(
+        vertices, rotation, scale, offset, height, width, camera_distance
+    )
+    normals = vertex_normals(camera, camera_finite, faces)
+    cosine = (normals * light_direction[:, None, :]).sum(-1).clamp_min(0)
+    colour = albedo * (ambient[:, None] + diffuse[:, None] * cosine)[..., None]  # (B, V, C)
 
     ia, ib, ic = faces.unbind(1)
     reach = HALO_REACH * blur
