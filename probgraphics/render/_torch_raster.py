@@ -338,8 +338,10 @@ def render(
     width: int,
     camera_distance: float,
     cull_backfaces: bool,
+    silhouette_blur: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
-    """Render validated, flattened inputs (see ``render_mesh``).
+    """Render validated, flattened inputs (see ``render_mesh``); with ``silhouette_blur > 0``
+    soften the silhouette (:func:`silhouette_halo`).
 
     Args:
         vertices ``(B, V, 3)``, albedo ``(B, V, C)``, rotation ``(B, 3, 3)``, scale ``(B,)``,
@@ -394,7 +396,21 @@ def render(
     flat_index = (scene * height + row) * width + col
     flat_image = flat_image.index_put((flat_index,), pixel_colour)
     image = flat_image.reshape(n_scenes, height, width, channels).permute(0, 3, 1, 2)
-    return image.contiguous(), face_ids
+    image = image.contiguous()
+    if silhouette_blur > 0:
+        image = silhouette_halo(
+            image=image,
+            face_ids=face_ids,
+            screen_x=screen_x,
+            screen_y=screen_y,
+            drawable=drawable,
+            colour=colour,
+            faces=faces,
+            background=background,
+            cull_backfaces=cull_backfaces,
+            blur=silhouette_blur,
+        )
+    return image, face_ids
 
 
 #: The halo is cut at this many ``silhouette_blur`` widths (the kernel is shifted to reach 0 there).
@@ -419,17 +435,12 @@ def silhouette_halo(
     *,
     image: Tensor,
     face_ids: Tensor,
-    vertices: Tensor,
+    screen_x: Tensor,
+    screen_y: Tensor,
+    drawable: Tensor,
+    colour: Tensor,
     faces: Tensor,
-    albedo: Tensor,
-    rotation: Tensor,
-    scale: Tensor,
-    offset: Tensor,
-    light_direction: Tensor,
-    ambient: Tensor,
-    diffuse: Tensor,
     background: Tensor,
-    camera_distance: float,
     cull_backfaces: bool,
     blur: float,
 ) -> Tensor:
@@ -456,20 +467,16 @@ def silhouette_halo(
 
     Args:
         image: ``(B, C, H, W)`` the hard render; face_ids ``(B, H, W)`` int64 (-1 uncovered).
-        Other arguments as :func:`render`; blur: positive float, in pixels.
+        screen_x, screen_y: ``(B, V)`` pixel coordinates, drawable ``(B, V)`` bool, as
+            :func:`camera_transform` gives them; colour ``(B, V, C)`` Gouraud vertex colours.
+        faces ``(F, 3)``, background ``(B, C)``, cull_backfaces: as :func:`render`.
+        blur: positive float, in pixels.
 
     Returns:
         ``(B, C, H, W)`` image, the inputs' dtype and device.
     """
     n_scenes, channels, height, width = image.shape
     n_pixels = n_scenes * height * width
-    camera, screen_x, screen_y, _, camera_finite, drawable = camera_transform(
-        vertices, rotation, scale, offset, height, width, camera_distance
-    )
-    normals = vertex_normals(camera, camera_finite, faces)
-    cosine = (normals * light_direction[:, None, :]).sum(-1).clamp_min(0)
-    colour = albedo * (ambient[:, None] + diffuse[:, None] * cosine)[..., None]  # (B, V, C)
-
     ia, ib, ic = faces.unbind(1)
     reach = HALO_REACH * blur
     with torch.no_grad():
@@ -514,7 +521,7 @@ def silhouette_halo(
     box, row, col, pixel = (torch.cat(parts) for parts in zip(*pieces, strict=True))
     sc, triangle = scene[box], faces[face[box]]  # (N,), (N, 3)
     # Flat gathers: much faster than two-index advanced indexing on CPU.
-    vertex = (sc[:, None] * vertices.shape[1] + triangle).reshape(-1)
+    vertex = (sc[:, None] * screen_x.shape[1] + triangle).reshape(-1)
     corner_x = screen_x.reshape(-1).index_select(0, vertex).reshape(-1, 3)  # (N, 3)
     corner_y = screen_y.reshape(-1).index_select(0, vertex).reshape(-1, 3)
     px = col.to(screen_x.dtype) + 0.5

@@ -371,23 +371,14 @@ def render_mesh(
         width=width,
         camera_distance=float(camera_distance),
         cull_backfaces=cull_backfaces,
+        silhouette_blur=silhouette_blur,
     )
     if use_numba:
         from probgraphics.render import _numba_raster
 
-        image, face_ids = _numba_raster.render(**args, **common, silhouette_blur=silhouette_blur)
+        image, face_ids = _numba_raster.render(**args, **common)
     else:
         image, face_ids = _torch_raster.render(**args, **common)
-        if silhouette_blur > 0:
-            image = _torch_raster.silhouette_halo(
-                image=image,
-                face_ids=face_ids,
-                faces=faces,
-                camera_distance=float(camera_distance),
-                cull_backfaces=cull_backfaces,
-                blur=silhouette_blur,
-                **args,
-            )
     return RenderOutput(
         image=image.reshape(*batch, channels, height, width),
         face_ids=face_ids.reshape(*batch, height, width),
