@@ -303,7 +303,7 @@ def face(
             the background (``render_mesh``'s "Soft silhouettes"), >= 0; 0 (default) draws hard
             edges. Above 0 the image changes continuously as the face moves (except where the
             face occludes itself) and its gradients reach the outline; a render costs about
-            four times the hard one on CPU (numba path; the torch path's halo is slower).
+            2.5 times the hard one on CPU (numba path; the torch path's halo is slower).
 
     Returns:
         A :class:`FaceProgram`, a Pyro model taking no arguments.
