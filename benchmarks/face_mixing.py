@@ -18,7 +18,8 @@ chains move only the others: which latents hold the mixing back, and whether a l
 scene mixes at all (the Gauss-Newton check is then left out).
 
 ``--supersample`` and ``--silhouette-blur`` pick the renderer (``pg.programs.face(supersample=s,
-silhouette_blur=b)``): the observation and every simulation use it.
+silhouette_blur=b)``), ``--components K`` how many shape and texture components are latent
+(``n_shape=n_texture=K``, 200 by default): the observation and every simulation use it.
 
 Prints a table and writes ``benchmarks/results/face_mixing.json`` (``--out``)::
 
@@ -150,6 +151,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--silhouette-blur", type=float, default=0.0, help="face(silhouette_blur=...), pixels"
     )
+    parser.add_argument(
+        "--components",
+        type=int,
+        default=200,
+        help="face(n_shape=K, n_texture=K): how many shape and texture components are latent",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--fixed", nargs="+", default=[], help="latent sites held at their true values"
@@ -158,7 +165,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     set_num_threads(args.threads)
     program = pg.programs.face(
-        resolution=64, supersample=args.supersample, silhouette_blur=args.silhouette_blur
+        resolution=64,
+        supersample=args.supersample,
+        silhouette_blur=args.silhouette_blur,
+        n_shape=args.components,
+        n_texture=args.components,
     )
     truth = pg.programs.simulate(program, seed=0)
     settings = [(epsilon, 0.0) for epsilon in args.epsilons] + [(0.0, 0.5)]
