@@ -36,6 +36,11 @@ def _finite(values) -> bool:
     return all(math.isfinite(x) for x in values)
 
 
+def _drawable(corners, depths) -> bool:
+    """A triangle is drawn only with finite screen corners, all in front of the camera."""
+    return all(_finite(p) for p in corners) and all(math.isfinite(d) and d > 0 for d in depths)
+
+
 def reference_render_mesh(
     vertices,
     faces,
@@ -126,9 +131,7 @@ def reference_render_mesh(
         weights = np.zeros((height, width, 3))
         for f, (i, j, k) in enumerate(faces):
             corners = (screen[i], screen[j], screen[k])
-            if not all(_finite(p) for p in corners):
-                continue
-            if not all(math.isfinite(depth[t]) and depth[t] > 0 for t in (i, j, k)):
+            if not _drawable(corners, [depth[t] for t in (i, j, k)]):
                 continue
             area2 = _edge(*corners)
             if area2 == 0 or not math.isfinite(area2):
@@ -184,9 +187,7 @@ def _halo(p, screen, depth, colour, faces, background, cull_backfaces, blur):
     weighted = [0.0] * len(background)
     for i, j, k in faces:
         corners = (screen[i], screen[j], screen[k])
-        if not all(_finite(q) for q in corners):
-            continue
-        if not all(math.isfinite(depth[t]) and depth[t] > 0 for t in (i, j, k)):
+        if not _drawable(corners, [depth[t] for t in (i, j, k)]):
             continue
         area2 = _edge(*corners)
         projected = -area2 if cull_backfaces else abs(area2)
