@@ -25,6 +25,7 @@ import torch
 
 from probgraphics.inference import marginal_noise
 from probgraphics.inference.adjustment import support_bounds
+from probgraphics.inference.collapse import check_collapsible
 from probgraphics.inference.distances import (
     DISTANCES,
     check_distance_spec,
@@ -584,6 +585,7 @@ _ABC_MCMC_OPTIONS = {
     "target_acceptance": 0.25,
     "blocks": "sites",
     "guide_proposals": None,
+    "collapse": None,
 }
 _ABC_SLICE_OPTIONS = {**_ABC_COMMON_OPTIONS, "max_shrinks": DEFAULT_MAX_SHRINKS}
 #: abc_rejection's ``adjust=`` choices: None, linear regression adjustment, or one regression per
@@ -702,6 +704,13 @@ def _abc_config(
             )
         if extra["target_acceptance"] >= 1.0:
             raise ValueError("target_acceptance must be < 1 (e.g. 0.25)")
+        collapse = options["collapse"]
+        if collapse is not None and not isinstance(collapse, str):
+            raise TypeError(
+                "collapse must be the name of one latent site (a str, e.g. 'texture') or None, "
+                f"got {collapse!r}."
+            )
+        extra["collapse"] = collapse
     else:
         extra["max_shrinks"] = _check_int("max_shrinks", options["max_shrinks"], 1)
     quantile = options["quantile"]
@@ -820,6 +829,8 @@ def _apply_budget(
     # abc_slice's steps cost a varying number of simulations: plan on the typical count, and the
     # run stops its shrinking rounds where the budget ends (runner._kernel_step).
     per_step = SLICE_SIMULATIONS_PER_STEP if method == "abc_slice" else 1
+    if method == "abc_mcmc" and options.get("collapse") is not None:
+        per_step = 2  # a collapsed move simulates twice (RunConfig.simulations_per_step)
     steps = (budget - pilot - starting) // (chains * per_step)
     if pilot > budget or steps < 2:
         raise ValueError(
@@ -830,7 +841,8 @@ def _apply_budget(
     given = {name: options[name] for name in ("warmup", "draws") if name in explicit}
     warmup = given.get("warmup", steps // 2)
     draws = given.get("draws", max(1, (steps - warmup) // thin))
-    needed = pilot + starting + chains * (warmup + draws * thin)  # at least one a chain a step
+    # at least per_step simulations a chain a step
+    needed = pilot + starting + chains * per_step * (warmup + draws * thin)
     if needed > budget:
         raise ValueError(
             f"warmup={warmup} and draws={draws} with {chains} chains need at least {needed} "
@@ -865,9 +877,24 @@ def _prepare_abc_method(
     if resume is None:  # a checkpoint holds the sizes its budget gave
         size = sum(value.numel() for value in observation.values())
         _apply_budget(method, options, explicit, size)
+    if method == "abc_mcmc" and options["collapse"] is not None:
+        if noise_mode not in ("auto", "marginal"):
+            raise ValueError(
+                f"collapse={options['collapse']!r} draws the site from its Gaussian conditional "
+                "under the kernel with the observation noise integrated out; it needs "
+                f"observation_noise='marginal' (or 'auto'), got {noise_mode!r}."
+            )
+        noise_mode = options["observation_noise"] = "marginal"
     config = _abc_config(method, options, noise_mode, summary_spec)
     device = torch.device(config.device)
     program, info, trace = _traced_program(program, device, observation)
+    if config.collapse is not None:
+        check_collapsible(
+            program,
+            config.collapse,
+            {name: trace.nodes[name] for name in _latent_sites(info.sample_sites, observation)},
+            observation,
+        )
     if config.blocks == () and len(_latent_sites(info.sample_sites, observation)) == 1:
         config = replace(config, blocks=None)  # one latent site: its block is the joint move
     layout, resolved_mode, noise_scale = _build_layout(
@@ -919,7 +946,7 @@ def _prepare_abc_method(
     guide_proposal = None
     if config.guide_proposals:
         guide_proposal = _guide_proposal(
-            options["guide"], program, layout, info, observation, config.seed
+            options["guide"], program, layout, info, observation, config.seed, config.collapse
         )
     return prepare(
         program,
@@ -945,9 +972,11 @@ def _guide_proposal(
     info: Any,
     observation: Mapping[str, torch.Tensor],
     seed: int,
+    collapse: str | None = None,
 ):
     """The guide's q(z | observation) as a Gaussian in the whitened space (see
-    ``runner.fit_gaussian_proposal``); its draws are a stream of their own."""
+    ``runner.fit_gaussian_proposal``); its draws are a stream of their own. A collapsed site is
+    left out (``N(0, I)`` there): its moves draw it from its conditional instead."""
     _check_guide(guide, "guide_proposals")
     latents = _latent_sites(info.sample_sites, observation)
     draws = _guide_draws(guide, observation, latents, GUIDE_PROPOSAL_DRAWS, _guide_seed(seed) + 1)
@@ -955,7 +984,7 @@ def _guide_proposal(
     u = whiten_values(program, layout, {name: value.to(device) for name, value in draws.items()})
     mask = torch.zeros(layout.dim, dtype=torch.bool, device=u.device)
     for site in layout.latent_sites:
-        if site.name in draws:
+        if site.name in draws and site.name != collapse:
             mask[site.offset : site.offset + site.size] = True
     return fit_gaussian_proposal(u, mask)
 

@@ -75,8 +75,9 @@ import torch
 
 from probgraphics.inference import checkpoint as checkpoint_io
 from probgraphics.inference import marginal_noise, tempering
+from probgraphics.inference.collapse import linear_site
 from probgraphics.inference.distances import StandardizedL2, resolve_distance
-from probgraphics.inference.kernels import elliptical, elliptical_slice
+from probgraphics.inference.kernels import collapsed, elliptical, elliptical_slice
 from probgraphics.inference.kernels.elliptical import GaussianReference
 from probgraphics.inference.posterior import Posterior
 from probgraphics.inference.simulator import Simulator, derive_seeds
@@ -184,12 +185,22 @@ class RunConfig:
     blocks: tuple[tuple[str, ...], ...] | None = None
     guide_proposals: bool = False
     simulations: int | None = None
+    collapse: str | None = None
 
     @property
     def multi_move(self) -> bool:
         """The step cycles over blocks and/or guide proposals (abc_mcmc only); ``blocks=None``
-        with no guide is the single joint move with its reference Gaussian."""
-        return self.method == "abc_mcmc" and (self.blocks is not None or self.guide_proposals)
+        with no guide is the single joint move with its reference Gaussian. A collapsed site
+        always takes the cycle's path (its moves leave the site's coordinates out)."""
+        return self.method == "abc_mcmc" and (
+            self.blocks is not None or self.guide_proposals or self.collapse is not None
+        )
+
+    @property
+    def simulations_per_step(self) -> int:
+        """Simulations a chain a step of abc_mcmc: two for a collapsed move (one for the other
+        latents' values, which the site's affine map needs; one at the whole proposal)."""
+        return 2 if self.collapse is not None else 1
 
     @property
     def adaptive_epsilon(self) -> bool:
@@ -265,6 +276,7 @@ class AbcRun:
     joint_mask: torch.Tensor | None = None
     latent_mask: torch.Tensor | None = None
     guide_proposal: GaussianReference | None = None
+    linear: collapsed.LinearSite | None = None
 
     @property
     def n_moves(self) -> int:
@@ -544,11 +556,11 @@ def _initial_state(
         pilot_u, pilot_values, pilot_distance = pilot
         ranking = torch.nan_to_num(pilot_distance, nan=math.inf)
         best = torch.argsort(ranking, stable=True)[:chains]
-        return run.kernel.init(pilot_u[best], pilot_values[best], pilot_distance[best])
+        return _init_state(run, pilot_u[best], pilot_values[best], pilot_distance[best])
     u = torch.randn(chains, run.layout.dim, generator=run.generator, device=device, dtype=dtype)
     if config.init == "prior":
         simulation = run.simulator(u)
-        return run.kernel.init(u, simulation.values, simulation.distance)
+        return _init_state(run, u, simulation.values, simulation.distance)
     given = {name: value.to(device) for name, value in (init_values or {}).items()}
     u, simulation = run.simulator.simulate_given(u, given)
     if not bool(torch.isfinite(u).all()):
@@ -556,7 +568,14 @@ def _initial_state(
             "the given init values map to non-finite whitened values; keep every value inside "
             "its site's support (e.g. strictly within a Uniform's bounds)."
         )
-    return run.kernel.init(u, simulation.values, simulation.distance)
+    return _init_state(run, u, simulation.values, simulation.distance)
+
+
+def _init_state(run: AbcRun, u: torch.Tensor, values: torch.Tensor, distance: torch.Tensor):
+    """The kernel's state at ``u``; a collapsed run's also holds its site's statistics."""
+    if run.linear is not None:
+        return collapsed.init(u, values, distance, run.linear)
+    return run.kernel.init(u, values, distance)
 
 
 def prepare(
@@ -603,6 +622,8 @@ def prepare(
     )
     _set_moves(run, guide_proposal)
     pilot = _pilot(run, distance)
+    if config.collapse is not None:
+        run.linear = linear_site(program, layout, config.collapse, run.simulator.observed_summary)
     run.pilot_distance = pilot[2].cpu()
     run.epsilon_target = _choose_epsilon_target(config, pilot[2])
     run.state = _initial_state(run, pilot, init_values)
@@ -661,10 +682,35 @@ def _set_moves(run: AbcRun, guide_proposal: GaussianReference | None) -> None:
             run.joint_mask = run.latent_mask
         if run.joint_mask is not None:
             run.masks = torch.cat([run.masks, run.joint_mask.unsqueeze(0)])
+    if config.collapse is not None:
+        _leave_out_collapsed(run)
     if config.guide_proposals:
         run.guide_proposal = GaussianReference(
             *(tensor.to(device=device, dtype=run.layout.dtype) for tensor in guide_proposal)
         )
+
+
+def _leave_out_collapsed(run: AbcRun) -> None:
+    """The moves of a collapsed run change every coordinate but the collapsed site's (drawn from
+    its conditional after each move): blocks of the site alone go; with every latent collapsed,
+    one empty block remains, whose move only redraws the site."""
+    site = run.layout.site(run.config.collapse)
+    others = torch.ones(run.layout.dim, dtype=torch.bool, device=run.masks.device)
+    others[site.offset : site.offset + site.size] = False
+    masks = run.masks & others
+    if run.joint_mask is not None:
+        run.joint_mask = run.joint_mask & others
+        if not bool(run.joint_mask.any()):
+            run.joint_mask = None
+            masks = masks[:-1]
+    kept = masks.any(-1)
+    if run.joint_mask is not None:
+        kept[-1] = True  # the joint move stays the cycle's last block
+    masks = masks[kept]
+    if masks.shape[0] == 0:
+        masks = others.logical_and(~others).unsqueeze(0)  # one empty block
+    run.masks = masks
+    run.latent_mask = run.latent_mask & others
 
 
 def _preconditions(run: AbcRun) -> bool:
@@ -692,6 +738,8 @@ def _kernel_step(run: AbcRun, epsilon: float):
     simulate = run.simulator
     # The kernels see the bandwidth: the tolerance itself, or widened by the noise it integrates.
     epsilon = marginal_noise.bandwidth(epsilon, config.noise_scale)
+    if run.linear is not None:
+        return _collapsed_step(run, epsilon)
     if config.multi_move:
         move = run.steps_done % run.n_moves
         if move == run.masks.shape[0]:
@@ -749,6 +797,36 @@ def _kernel_step(run: AbcRun, epsilon: float):
     # chains move (it is the acceptance of an independence-like proposal).
     first_angle = (info.n_simulations == 1).to(run.state.u.dtype)
     return info.accepted, first_angle, info.n_simulations, info.cap_hit
+
+
+def _collapsed_step(run: AbcRun, bandwidth: float):
+    """One move of a collapsed run's cycle (see :mod:`~probgraphics.inference.kernels.
+    collapsed`): the same cycle as :func:`_kernel_step`'s, each move then drawing the site."""
+    move = run.steps_done % run.n_moves
+    if move == run.masks.shape[0]:
+        run.state, info = collapsed.independence_step(
+            run.generator,
+            run.state,
+            run.simulator,
+            run.linear,
+            bandwidth,
+            run.guide_proposal,
+            run.latent_mask,
+        )
+    else:
+        joint = run.joint_mask is not None and move == run.masks.shape[0] - 1
+        run.state, info = collapsed.step(
+            run.generator,
+            run.state,
+            run.simulator,
+            run.linear,
+            bandwidth,
+            run.log_beta[:, move].exp(),
+            run.reference if joint else None,
+            run.masks[move],
+        )
+    twice = torch.full_like(info.accepted, run.config.simulations_per_step, dtype=torch.int64)
+    return info.accepted, info.acceptance_probability, twice, None
 
 
 def _adapt_beta(run: AbcRun, acceptance_probability: torch.Tensor, epsilon_moving: bool) -> None:
@@ -1214,11 +1292,12 @@ def load_run(
     )
     saved_proposal = payload.get("guide_proposal")
     _set_moves(run, None if saved_proposal is None else GaussianReference(**saved_proposal))
-    state_cls = run.kernel.init
-    state = payload["state"]
-    run.state = state_cls(
-        state["u"].to(device), state["values"].to(device), state["distance"].to(device)
-    )
+    state = {name: tensor.to(device) for name, tensor in payload["state"].items()}
+    if config.collapse is not None:
+        run.linear = linear_site(program, layout, config.collapse, simulator.observed_summary)
+        run.state = collapsed.CollapsedState(**state)
+    else:
+        run.state = run.kernel.init(state["u"], state["values"], state["distance"])
     run.log_beta = None if payload["log_beta"] is None else payload["log_beta"].to(device)
     run.epsilon_start = float(payload["epsilon_start"])
     run.epsilon_target = float(payload["epsilon_target"])

@@ -63,6 +63,7 @@ __all__ = [
     "ABC_KERNELS",
     "init",
     "propose",
+    "propose_with_weight",
     "log_acceptance_ratio",
     "draw_noise",
     "step_with_noise",
@@ -270,6 +271,52 @@ def _full_rank_move(
     return proposal, 0.5 * change.sum(-1)
 
 
+def propose_with_weight(
+    u: torch.Tensor,
+    noise: EllipticalNoise,
+    reference: GaussianReference | None = None,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The move's proposal ``(C, D)`` from ``u`` ``(C, D)`` with the step's random numbers, and the
+    change of the reference's log weight ``log w(u') - log w(u)`` ``(C,)`` its acceptance ratio
+    carries (None without a reference: the plain move needs no correction). ``mask``: the block
+    of coordinates it changes (None: all).
+    """
+    if mask is not None:
+        proposal = torch.where(mask, propose(u, noise.nu, noise.a, reference), u)
+        log_weight_change = None
+        if reference is not None:
+            # The reference is N(0, I) outside the mask, so the kept coordinates cancel here.
+            log_weight_change = reference.log_weight(proposal) - reference.log_weight(u)
+    elif reference is None:
+        proposal = propose(u, noise.nu, noise.a)
+        log_weight_change = None
+    elif reference.basis.shape[0] == reference.basis.shape[1] <= FULL_RANK_MOVE_MAX_DIM:
+        proposal, log_weight_change = _full_rank_move(u, noise, reference)
+    else:
+        # Three (C, D) x (D, k) products a step: the proposal's projection onto the reference's
+        # basis follows from the current one and nu's, since B^T S^(1/2) nu = scale * B^T nu.
+        centred = u - reference.mean
+        projected = centred @ reference.basis
+        nu_projected = noise.nu @ reference.basis
+        a = noise.a.unsqueeze(-1)
+        keep = torch.sqrt(1.0 - a * a)
+        # proposal = m + keep (u - m) + a (nu + B ((scale - 1) B^T nu)), accumulated in place in
+        # this step's own temporaries (three fewer (C, D) allocations); IEEE addition and
+        # multiplication commute, so these are the same bits as the expression written out.
+        offset = (nu_projected * (reference.scale - 1.0)) @ reference.basis.T
+        offset += noise.nu
+        offset *= a
+        proposal = keep * centred
+        proposal += reference.mean
+        proposal += offset
+        proposal_projected = keep * projected + a * reference.scale * nu_projected
+        log_weight_change = reference.log_weight(
+            proposal, proposal_projected
+        ) - reference.log_weight(u, projected, centred)
+    return proposal, log_weight_change
+
+
 def step_with_noise(
     state: EllipticalState,
     simulate: Callable[[torch.Tensor], Simulation],
@@ -294,38 +341,7 @@ def step_with_noise(
         ``(new_state, info)``.
     """
     _check_abc_kernel(abc_kernel)
-    if mask is not None:
-        proposal = torch.where(mask, propose(state.u, noise.nu, noise.a, reference), state.u)
-        log_weight_change = None
-        if reference is not None:
-            # The reference is N(0, I) outside the mask, so the kept coordinates cancel here.
-            log_weight_change = reference.log_weight(proposal) - reference.log_weight(state.u)
-    elif reference is None:
-        proposal = propose(state.u, noise.nu, noise.a)
-        log_weight_change = None
-    elif reference.basis.shape[0] == reference.basis.shape[1] <= FULL_RANK_MOVE_MAX_DIM:
-        proposal, log_weight_change = _full_rank_move(state.u, noise, reference)
-    else:
-        # Three (C, D) x (D, k) products a step: the proposal's projection onto the reference's
-        # basis follows from the current one and nu's, since B^T S^(1/2) nu = scale * B^T nu.
-        centred = state.u - reference.mean
-        projected = centred @ reference.basis
-        nu_projected = noise.nu @ reference.basis
-        a = noise.a.unsqueeze(-1)
-        keep = torch.sqrt(1.0 - a * a)
-        # proposal = m + keep (u - m) + a (nu + B ((scale - 1) B^T nu)), accumulated in place in
-        # this step's own temporaries (three fewer (C, D) allocations); IEEE addition and
-        # multiplication commute, so these are the same bits as the expression written out.
-        offset = (nu_projected * (reference.scale - 1.0)) @ reference.basis.T
-        offset += noise.nu
-        offset *= a
-        proposal = keep * centred
-        proposal += reference.mean
-        proposal += offset
-        proposal_projected = keep * projected + a * reference.scale * nu_projected
-        log_weight_change = reference.log_weight(
-            proposal, proposal_projected
-        ) - reference.log_weight(state.u, projected, centred)
+    proposal, log_weight_change = propose_with_weight(state.u, noise, reference, mask)
     simulation = simulate(proposal)
     log_ratio = log_acceptance_ratio(simulation.distance, state.distance, epsilon, abc_kernel)
     if log_weight_change is not None:
