@@ -13,6 +13,9 @@ against the true scene's. Then one Gauss-Newton step from the truth, with a fini
 Jacobian of the render, tests whether the posterior is close to Gaussian at its own scale: if it
 were, the step would land on the mode and lower the distance.
 
+``--collapse none texture`` runs each row without and with the texture drawn from its Gaussian
+conditional at every move (``infer(..., collapse="texture")``), side by side.
+
 ``--fixed`` conditions the named sites on their true values (``pyro.poutine.condition``), so the
 chains move only the others: which latents hold the mixing back, and whether a low-dimensional
 scene mixes at all (the Gauss-Newton check is then left out).
@@ -64,11 +67,14 @@ def from_truth(
     epsilon: float,
     anneal: float,
     fixed: tuple[str, ...] = (),
+    collapse: str | None = None,
 ):
     """One row: ``chains`` chains started at the truth, ``simulations`` in all; the ``fixed``
-    sites held at their true values."""
+    sites held at their true values; ``collapse``: the site drawn from its conditional."""
     free = [site for site in program.latent_sites if site not in fixed]
     init = {s: truth[s].expand(chains, *truth[s].shape).clone() for s in free}
+    if fixed and collapse is not None:
+        raise ValueError("--fixed and --collapse do not combine (conditioning hides the map)")
     model = pyro.poutine.condition(program, data={s: truth[s] for s in fixed}) if fixed else program
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -81,6 +87,7 @@ def from_truth(
             observation_noise="marginal",
             epsilon=epsilon,
             anneal_fraction=anneal,
+            collapse=collapse,
             seed=0,
             progress=False,
         )
@@ -88,7 +95,8 @@ def from_truth(
     final = {site: value[:, -1] for site, value in posterior.samples.items()}
     final.update({s: truth[s].expand(chains, *truth[s].shape) for s in fixed})
     distance = noise_free_distance(program, final, truth["image"])
-    row = {"fixed": " ".join(fixed) or "-", "epsilon": epsilon, "anneal_fraction": anneal}
+    row = {"fixed": " ".join(fixed) or "-", "collapse": collapse or "-", "epsilon": epsilon}
+    row["anneal_fraction"] = anneal
     row["chains"] = chains
     row["draws"] = posterior.num_draws
     row["simulations"] = posterior.n_simulations
@@ -161,6 +169,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--fixed", nargs="+", default=[], help="latent sites held at their true values"
     )
+    parser.add_argument(
+        "--collapse",
+        nargs="+",
+        default=["none"],
+        help="rows without ('none') and/or with a collapsed site (e.g. 'texture'), side by side",
+    )
+    parser.add_argument(
+        "--no-gauss-newton", action="store_true", help="skip the Gauss-Newton check at the end"
+    )
     parser.add_argument("--out", default="face_mixing", help="results/<out>.json")
     args = parser.parse_args(argv)
     set_num_threads(args.threads)
@@ -179,11 +196,15 @@ def main(argv: list[str] | None = None) -> dict:
     fixed = tuple(args.fixed)
     rows = []
     for epsilon, anneal in settings:
-        rows.append(
-            from_truth(program, truth, args.chains, args.simulations, epsilon, anneal, fixed)
-        )
-        print(rows[-1], flush=True)
-    newton = None if fixed else gauss_newton_step(program, truth)
+        for collapse in args.collapse:
+            site = None if collapse == "none" else collapse
+            rows.append(
+                from_truth(
+                    program, truth, args.chains, args.simulations, epsilon, anneal, fixed, site
+                )
+            )
+            print(rows[-1], flush=True)
+    newton = None if fixed or args.no_gauss_newton else gauss_newton_step(program, truth)
     print(format_table(rows, list(rows[0])))
     if newton is not None:
         print("one Gauss-Newton step from the truth:", newton)

@@ -183,11 +183,17 @@ def infer(program: Callable[[], Any], observation: Any, method: str = "abc_mcmc"
             from it, with many chains a step for observations of at most 256 elements, whose
             simulators are cheap; abc_slice plans on about 3 simulations a chain a step and
             stops its shrinking rounds where the budget ends); ``abc_mcmc`` adds
-            ``target_acceptance``, ``abc_slice`` adds ``max_shrinks``. ``init="guide"`` with
-            ``guide=`` a trained guide (an ``EncoderGuide``) starts the chains from independent
-            draws of the guide's q(z | observation) (seed 000's coarse-to-fine; latents the
-            guide leaves out start from the prior; the pilot still runs, for the standardized
-            distance's scale). ``abc_rejection``: ``simulations``, ``keep_fraction``,
+            ``target_acceptance`` and ``collapse`` (None, or the name of one latent site with a
+            standard-normal prior that the observation is affine in given the others, offered by
+            the program's ``affine_observation(site, latents)``, e.g. the face's
+            ``"texture"``: every move then draws it from its Gaussian conditional, with the
+            exact joint acceptance ratio, and costs two simulations; it needs the noise
+            integrated out, which ``observation_noise="auto"`` then picks; see
+            :mod:`probgraphics.inference.collapse`), ``abc_slice`` adds ``max_shrinks``.
+            ``init="guide"`` with ``guide=`` a trained guide (an ``EncoderGuide``) starts the chains
+            from independent draws of the guide's q(z | observation) (seed 000's coarse-to-fine;
+            latents the guide leaves out start from the prior; the pilot still runs, for the
+            standardized distance's scale). ``abc_rejection``: ``simulations``, ``keep_fraction``,
             ``adjust`` (None, or ``"linear"``: Beaumont's regression adjustment of the kept
             draws on their summaries, which lets a larger ``keep_fraction`` stay accurate where
             the parameters depend on the summary about linearly; ``"linear_modes"``: one such
