@@ -15,6 +15,8 @@ used) and each budget in ``--budgets``:
 * ``integrated noise``: the recommended call with ``observation_noise="marginal"``: the pixel
   noise integrated out of the Gaussian kernel (no noise block; tempering may reach the exact
   posterior).
+* ``collapsed texture``: the recommended call with ``collapse="texture"``: the texture drawn from
+  its Gaussian conditional at every move (noise integrated out; two simulations a step).
 
 Per row: the RMS over images of the posterior mean's error in azimuth, elevation and light
 (degrees) and over the three angles (``angle_rmse``); the mean squared pixel error of renders
@@ -60,7 +62,7 @@ with warnings.catch_warnings():
 HELD_OUT_SEED = 2_000_000
 ANGLES = ("azimuth", "elevation", "light")
 LATENTS = ("shape", "texture", "azimuth", "elevation", "light", "camera")
-METHODS = ("guide alone", "old abc_mcmc", "recommended", "integrated noise")
+METHODS = ("guide alone", "old abc_mcmc", "recommended", "integrated noise", "collapsed texture")
 
 
 def render_mse(program, draws: dict[str, torch.Tensor], truth: torch.Tensor) -> float:
@@ -92,8 +94,12 @@ def score(program, scene, samples, renders: int, seed: int) -> dict:
 def run_one(method: str, program, guide, units, scene, budget: int, seed: int, device: str):
     image = scene["image"].to(device)
     start = time.perf_counter()
-    if method in ("recommended", "integrated noise"):
-        noise = {"observation_noise": "marginal"} if method == "integrated noise" else {}
+    if method in ("recommended", "integrated noise", "collapsed texture"):
+        noise = {
+            "recommended": {},
+            "integrated noise": {"observation_noise": "marginal"},
+            "collapsed texture": {"collapse": "texture"},
+        }[method]
         posterior = pg.infer(
             program, image, guide=guide, simulations=budget, seed=seed, device=device,
             progress=False, **noise,

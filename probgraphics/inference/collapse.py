@@ -96,6 +96,13 @@ def check_collapsible(
     return site
 
 
+def _probe(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A fixed vector of ``size`` positive numbers that are not round (deterministic)."""
+    return (1.0 + torch.arange(size, dtype=torch.float64).mul(0.7548776662).remainder(1.0)).to(
+        device=device, dtype=dtype
+    )
+
+
 def affine_statistics(
     offset: torch.Tensor, matrix: torch.Tensor, target: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,17 +113,22 @@ def affine_statistics(
             (float32 or float64, one device).
         target: ``(P,)`` the observation ``y``.
 
-    Rows of ``A`` that are all zero (pixels the site does not reach, such as background) are
-    skipped: on the face that is most of the image. ``A^T A`` is accumulated in the matrix's
-    dtype, the projection in float64.
+    Rows of ``A`` the site does not reach (pixels such as background) are skipped: on the face
+    that is most of the image. They are found by one product with a fixed random vector (a row
+    is skipped when its product is exactly zero, which a nonzero row's is only by a rounding
+    accident; such a row would only make the conditional a slightly worse proposal, which the
+    move's acceptance ratio corrects). ``A^T A`` is accumulated in the matrix's dtype, the
+    projection in float64.
     """
     batch, _, size = matrix.shape
     gram = torch.empty(batch, size, size, dtype=torch.float64, device=matrix.device)
     projection = torch.empty(batch, size, dtype=torch.float64, device=matrix.device)
     residual = target.to(torch.float64) - offset.to(torch.float64)
+    probe = _probe(size, matrix.dtype, matrix.device)
+    reached_rows = (matrix @ probe).ne(0)  # (B, P)
     for index in range(batch):
         rows = matrix[index]
-        reached = rows.ne(0).any(-1).nonzero().squeeze(-1)
+        reached = reached_rows[index].nonzero().squeeze(-1)
         kept = rows.index_select(0, reached)
         gram[index] = (kept.T @ kept).to(torch.float64)
         projection[index] = kept.T.to(torch.float64) @ residual[index].index_select(0, reached)

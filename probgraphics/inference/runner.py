@@ -688,6 +688,16 @@ def _set_moves(run: AbcRun, guide_proposal: GaussianReference | None) -> None:
         run.guide_proposal = GaussianReference(
             *(tensor.to(device=device, dtype=run.layout.dtype) for tensor in guide_proposal)
         )
+        if config.collapse is not None:
+            site = run.layout.site(config.collapse)
+            span = slice(site.offset, site.offset + site.size)
+            proposal = run.guide_proposal
+            if bool(proposal.mean[span].ne(0).any() or proposal.basis[span].ne(0).any()):
+                raise ValueError(
+                    f"the guide's proposal must be N(0, I) on the collapsed site "
+                    f"{config.collapse!r} (its moves draw the site from its conditional); fit it "
+                    "without the site (fit_gaussian_proposal with a mask that leaves it out)."
+                )
 
 
 def _leave_out_collapsed(run: AbcRun) -> None:

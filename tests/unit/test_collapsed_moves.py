@@ -3,6 +3,7 @@ reference, the cycle's blocks, composability, exact resume, the budget and bad i
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pyro
@@ -277,3 +278,19 @@ def test_a_malformed_affine_map_is_reported_with_its_shapes():
 
     with pytest.raises(ValueError, match=r"returned offset \(\d+, 3\) and matrix \(\d+, 3, 1\)"):
         pg.infer(Malformed(), DATA, **{**FAST, "pilot_size": 10})
+
+
+def test_a_guide_proposal_on_the_collapsed_site_is_refused():
+    # The api fits the guide's proposal without the site; a hand-built one must do the same.
+    run = prepare_abc(CollapsedToy(), DATA, **FAST)
+    run.config = dataclasses.replace(run.config, guide_proposals=True)
+    touching = elliptical.GaussianReference(
+        torch.tensor([0.5, 0.2, 0.0]), torch.eye(3), torch.ones(3)
+    )
+    with pytest.raises(ValueError, match=r"must be N\(0, I\) on the collapsed site 't'"):
+        runner._set_moves(run, touching)
+    fine = elliptical.GaussianReference(
+        torch.tensor([0.5, 0.0, 0.0]), torch.eye(3)[:, :1], torch.full((1,), 0.3)
+    )
+    runner._set_moves(run, fine)
+    assert run.n_moves == 3
