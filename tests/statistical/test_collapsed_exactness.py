@@ -11,6 +11,7 @@ one (it is only a proposal: the acceptance ratio corrects it), and with a biased
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -70,11 +71,16 @@ def check_against_quadrature(posterior, epsilon: float) -> None:
         assert abs(below - level) < tolerance, level
 
 
+@functools.cache
+def collapsed_run(epsilon: float, wrong_map: bool = False):
+    """One run of the toy program (shared by the tests that need the same one)."""
+    program = CollapsedToy(wrong_map=wrong_map)
+    return pg.infer(program, {"x": OBSERVATION}, method="abc_mcmc", epsilon=epsilon, **RUN)
+
+
 @pytest.mark.parametrize("epsilon", [0.0, 0.3])
 def test_collapsed_moves_match_the_quadrature_posterior(epsilon):
-    posterior = pg.infer(
-        CollapsedToy(), {"x": OBSERVATION}, method="abc_mcmc", epsilon=epsilon, **RUN
-    )
+    posterior = collapsed_run(epsilon)
     assert posterior.settings["collapse"] == "t"
     assert posterior.settings["observation_noise"] == "marginal"
     check_against_quadrature(posterior, epsilon)
@@ -87,12 +93,10 @@ def test_collapsed_moves_match_the_quadrature_posterior(epsilon):
 def test_a_wrong_affine_map_only_slows_the_chains():
     # The map's conditional is 0.5-1.5 of its standard deviations off and 1.2 times too wide: a
     # sampler that trusted it would be biased. The acceptance ratio corrects it ...
-    posterior = pg.infer(
-        CollapsedToy(wrong_map=True), {"x": OBSERVATION}, method="abc_mcmc", epsilon=0.0, **RUN
-    )
+    posterior = collapsed_run(0.0, wrong_map=True)
     check_against_quadrature(posterior, 0.0)
     # ... at the price of rejections: the true map's moves are accepted more often.
-    exact = pg.infer(CollapsedToy(), {"x": OBSERVATION}, method="abc_mcmc", epsilon=0.0, **RUN)
+    exact = collapsed_run(0.0)
     wrong_rate = posterior.sample_stats["accepted"].float().mean()
     exact_rate = exact.sample_stats["accepted"].float().mean()
     assert wrong_rate < exact_rate - 0.1
