@@ -12,7 +12,6 @@ one (it is only a proposal: the acceptance ratio corrects it), and with a biased
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 
 import numpy as np
@@ -22,10 +21,10 @@ import torch
 import probgraphics as pg
 from probgraphics.programs.toy import linear_gaussian
 from tests.collapsed_toy import OBSERVATION, CollapsedToy, posterior_moments
+from tests.statistical.moments import assert_moments, mcse
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
-    import arviz as az
 
 MCSE_TOLERANCE = 4.0
 RUN = {
@@ -38,36 +37,18 @@ RUN = {
 }
 
 
-def mcse(values: np.ndarray) -> float:
-    return float(values.std()) / math.sqrt(float(az.ess(values, method="mean")))
-
-
-def quantile_mcse(values: np.ndarray, quantile: float) -> float:
-    """MCSE of the fraction of draws below ``quantile``, in probability units."""
-    below = (values <= quantile).astype(np.float64)
-    return float(below.std()) / math.sqrt(float(az.ess(below, method="mean")))
-
-
 def check_against_quadrature(posterior, epsilon: float) -> None:
     theta = posterior.samples["theta"].double().numpy()[..., None]  # (chains, draws, 1)
     t = posterior.samples["t"].double().numpy()
     z = np.concatenate([theta, t], axis=-1)
     exact = posterior_moments(epsilon)
     mean, covariance = exact["mean"].numpy(), exact["covariance"].numpy()
-    centred = z - mean
-    for i in range(3):
-        values = z[..., i]
-        assert abs(values.mean() - mean[i]) < MCSE_TOLERANCE * mcse(values), i
-        square = centred[..., i] ** 2
-        assert abs(square.mean() - covariance[i, i]) < MCSE_TOLERANCE * mcse(square), i
-        assert float(az.rhat(values)) < 1.05, i
-    for j in (1, 2):  # theta's cross moments with t: the conditional must follow theta
-        cross = centred[..., 0] * centred[..., j]
-        assert abs(cross.mean() - covariance[0, j]) < MCSE_TOLERANCE * mcse(cross), j
+    # theta's cross moments with t: the conditional must follow theta.
+    assert_moments(z, mean, covariance, ((0, 1), (0, 2)), MCSE_TOLERANCE)
     # theta's posterior is skewed and flat-topped: its tails must be right too.
     for level, key in ((0.1, "theta_q10"), (0.9, "theta_q90")):
         below = (theta[..., 0] <= exact[key]).mean()
-        tolerance = MCSE_TOLERANCE * quantile_mcse(theta[..., 0], exact[key])
+        tolerance = MCSE_TOLERANCE * mcse((theta[..., 0] <= exact[key]).astype(np.float64))
         assert abs(below - level) < tolerance, level
 
 
@@ -168,8 +149,4 @@ def test_collapsing_every_latent_draws_the_conjugate_posterior():
     covariance = torch.linalg.inv(precision)
     mean = covariance @ w.T @ x.double() / 0.25
     z = posterior.samples["z"].double().numpy()
-    for k in range(4):
-        values = z[..., k]
-        assert abs(values.mean() - mean[k].item()) < MCSE_TOLERANCE * mcse(values), k
-        square = (values - mean[k].item()) ** 2
-        assert abs(square.mean() - covariance[k, k].item()) < MCSE_TOLERANCE * mcse(square), k
+    assert_moments(z, mean.numpy(), covariance.numpy(), (), MCSE_TOLERANCE)
