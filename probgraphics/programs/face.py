@@ -38,7 +38,11 @@ from probgraphics.morphable import MorphableModel
 from probgraphics.programs.dcign import _check_noise
 from probgraphics.programs.registry import register
 from probgraphics.render import render_mesh, rotation_matrix
-from probgraphics.render._torch_raster import camera_transform, vertex_normals
+from probgraphics.render._torch_raster import (
+    barycentric_weights,
+    camera_transform,
+    vertex_normals,
+)
 from probgraphics.render.mesh import check_silhouette_blur
 
 __all__ = ["FaceProgram", "face"]
@@ -387,16 +391,9 @@ class FaceProgram:
         row, col = pixel // size, pixel % size
         triangle = triangles[flat_ids[covered]]  # (N, 3)
         vertex = scene[:, None] * vertices.shape[1] + triangle  # (N, 3) flat (scene, vertex)
-        corner_x = screen_x.reshape(-1)[vertex]
-        corner_y = screen_y.reshape(-1)[vertex]
-        ax, bx, cx = corner_x.unbind(1)
-        ay, by, cy = corner_y.unbind(1)
-        px = col.to(torch.float32) + 0.5
-        py = row.to(torch.float32) + 0.5
-        area2 = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
-        l0 = ((cx - bx) * (py - by) - (cy - by) * (px - bx)) / area2
-        l1 = ((ax - cx) * (py - cy) - (ay - cy) * (px - cx)) / area2
-        l2 = ((bx - ax) * (py - ay) - (by - ay) * (px - ax)) / area2
+        l0, l1, l2 = barycentric_weights(
+            screen_x.reshape(-1)[vertex], screen_y.reshape(-1)[vertex], row, col
+        )
         # A supersampled pixel is the mean of its s*s samples (avg_pool2d in render).
         weight = torch.stack([l0, l1, l2], dim=1) * shade.reshape(-1)[vertex] / (s * s)
 

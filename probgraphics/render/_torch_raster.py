@@ -322,6 +322,24 @@ def _visible_faces(
     return ids.reshape(n_scenes, height, width)
 
 
+def barycentric_weights(
+    corner_x: Tensor, corner_y: Tensor, row: Tensor, col: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Barycentric weights ``(l0, l1, l2)``, each ``(N,)``, of the pixel centres ``(col + 0.5,
+    row + 0.5)`` (``(N,)`` integer) in triangles whose screen corners are ``corner_x``,
+    ``corner_y`` ``(N, 3)`` float (the dtype of the weights)."""
+    ax, bx, cx = corner_x.unbind(-1)
+    ay, by, cy = corner_y.unbind(-1)
+    px = col.to(corner_x.dtype) + 0.5
+    py = row.to(corner_x.dtype) + 0.5
+    # Signed areas: their ratios are the barycentric weights (the sign cancels).
+    area2 = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+    l0 = ((cx - bx) * (py - by) - (cy - by) * (px - bx)) / area2
+    l1 = ((ax - cx) * (py - cy) - (ay - cy) * (px - cx)) / area2
+    l2 = ((bx - ax) * (py - ay) - (by - ay) * (px - ax)) / area2
+    return l0, l1, l2
+
+
 def render(
     *,
     vertices: Tensor,
@@ -374,16 +392,9 @@ def render(
 
     scene, row, col = (face_ids >= 0).nonzero(as_tuple=True)
     triangle = faces[face_ids[scene, row, col]]  # (N, 3)
-    ax, ay = screen_x[scene, triangle[:, 0]], screen_y[scene, triangle[:, 0]]
-    bx, by = screen_x[scene, triangle[:, 1]], screen_y[scene, triangle[:, 1]]
-    cx, cy = screen_x[scene, triangle[:, 2]], screen_y[scene, triangle[:, 2]]
-    px = col.to(screen_x.dtype) + 0.5
-    py = row.to(screen_x.dtype) + 0.5
-    # Signed areas: their ratios are the barycentric weights (the sign cancels).
-    area2 = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
-    l0 = ((cx - bx) * (py - by) - (cy - by) * (px - bx)) / area2
-    l1 = ((ax - cx) * (py - cy) - (ay - cy) * (px - cx)) / area2
-    l2 = ((bx - ax) * (py - ay) - (by - ay) * (px - ax)) / area2
+    l0, l1, l2 = barycentric_weights(
+        screen_x[scene[:, None], triangle], screen_y[scene[:, None], triangle], row, col
+    )
     vertex_colour = colour[scene[:, None], triangle]  # (N, 3, C)
     pixel_colour = (
         l0[:, None] * vertex_colour[:, 0]
