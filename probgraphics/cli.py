@@ -106,6 +106,9 @@ def _demo(args: argparse.Namespace) -> int:
     options.update({key: value for key, value in sizes.items() if value is not None})
     if args.simulations is not None:
         options["simulations"] = args.simulations
+    if args.collapse is not None:
+        options["collapse"] = args.collapse
+        summary_text += f", {args.collapse} collapsed"
     truth = programs.simulate(program, seed=args.seed)
     if callable(summary):
         _check_summary_fits(summary, truth["image"], args.summary, "--resolution 64")
@@ -915,6 +918,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--guide",
         default="face-guide-64",
         help="guide that starts the chains and proposes, or 'none' (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--collapse",
+        default=None,
+        help="a latent drawn from its Gaussian conditional at every move, e.g. 'texture' "
+        "(exact; more accurate per simulation, about 7x the time; default: none)",
     )
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.add_argument("--threads", type=int, default=None, help="torch/numba threads")

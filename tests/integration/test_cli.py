@@ -55,6 +55,17 @@ def test_demo_defaults_are_the_recommended_call(tmp_path, capsys):
     assert simulations <= 1500
 
 
+def test_demo_collapses_the_texture_when_asked(tmp_path, capsys):
+    argv = ["demo", "--out", str(tmp_path), "--simulations", "1500", "--collapse", "texture"]
+    assert main([*argv, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "texture collapsed" in out
+    simulations = int(out.split(" simulations in ")[0].split()[-1])
+    assert simulations <= 1500
+    assert main(["demo", "--out", str(tmp_path), "--collapse", "light", "--quiet"]) == 2
+    assert "standard normal" in capsys.readouterr().err
+
+
 def test_demo_summary_for_another_size_exits_2(capsys):
     argv = ["demo", "--resolution", "32", "--chains", "2", "--draws", "2", "--init", "pilot"]
     assert main([*argv, "--guide", "none", "--summary", "dcign-face-64", "--quiet"]) == 2
