@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "render",
+    "HaloPairs",
+    "halo_pairs",
+    "silhouette_halo",
     "vertex_normals",
     "edge_coefficients",
     "box_candidates",
@@ -230,7 +234,9 @@ def box_candidates(
                 cols = col_min[chunk, None, None] + steps[None, None, :]
                 inside = (rows <= row_max[chunk, None, None]) & (cols <= col_max[chunk, None, None])
                 which, dr, dc = inside.nonzero(as_tuple=True)
-                yield chunk[which], row_min[chunk][which] + dr, col_min[chunk][which] + dc
+                # index_select: much faster than advanced indexing on CPU.
+                box = chunk.index_select(0, which)
+                yield box, row_min.index_select(0, box) + dr, col_min.index_select(0, box) + dc
         if k >= largest:
             break
         k *= 2
@@ -442,6 +448,150 @@ def _nearest_on_segment(
     return dx * dx + dy * dy, t
 
 
+class HaloPairs(NamedTuple):
+    """The geometry of a batch's silhouette halo (see :func:`silhouette_halo`): which uncovered
+    pixels each triangle reaches, how strongly, and where on the triangle, independent of the
+    vertex colours. ``N`` (pixel, triangle) pairs of a batch of ``B`` scenes of ``H x W`` pixels
+    and ``V`` vertices; every tensor but the integer ones carries gradients when the screen
+    coordinates do.
+
+    Attributes:
+        pixel: ``(N,)`` int64 flat uncovered pixel ``(scene * H + row) * W + col``.
+        vertex: ``(N, 3)`` int64 flat vertex ``scene * V + v`` of the triangle's corners.
+        first, second: ``(N, 1)`` int64 corner (0, 1 or 2, a column of ``vertex``) where the
+            edge nearest to the pixel starts and ends.
+        t: ``(N,)`` the nearest point's position on that edge, 0 at ``first``, 1 at ``second``.
+        strength: ``(N,)`` ``s_t``, the triangle's weight at the pixel (0 beyond the reach).
+        alpha: ``(B * H * W,)`` the halo's opacity ``1 - prod_t (1 - s_t)`` per flat pixel.
+        weight: ``(B * H * W,)`` ``sum_t s_t`` per flat pixel.
+
+    The halo's colour at a pixel is ``sum_t s_t ((1 - t) colour[first] + t colour[second]) /
+    sum_t s_t`` over the pairs of that pixel, so for fixed geometry the halo is linear in the
+    vertex colours.
+    """
+
+    pixel: Tensor
+    vertex: Tensor
+    first: Tensor
+    second: Tensor
+    t: Tensor
+    strength: Tensor
+    alpha: Tensor
+    weight: Tensor
+
+
+def halo_pairs(
+    *,
+    face_ids: Tensor,
+    screen_x: Tensor,
+    screen_y: Tensor,
+    drawable: Tensor,
+    faces: Tensor,
+    cull_backfaces: bool,
+    blur: float,
+) -> HaloPairs | None:
+    """The geometry of :func:`silhouette_halo` (whose docstring gives the formula), shared by
+    the halo and ``FaceProgram.affine_observation``; ``None`` when no uncovered pixel lies
+    within reach of a triangle.
+
+    Args:
+        face_ids: ``(B, H, W)`` int64 (-1 uncovered), the hard render's.
+        screen_x, screen_y: ``(B, V)`` pixel coordinates, drawable ``(B, V)`` bool, as
+            :func:`camera_transform` gives them. faces ``(F, 3)``, cull_backfaces: as
+            :func:`render`. blur: positive float, in pixels.
+
+    Returns:
+        :class:`HaloPairs`, differentiable with respect to ``screen_x`` and ``screen_y``.
+    """
+    n_scenes, height, width = face_ids.shape
+    n_pixels = n_scenes * height * width
+    ia, ib, ic = faces.unbind(1)
+    reach = HALO_REACH * blur
+    with torch.no_grad():
+        xs = torch.stack([screen_x[:, ia], screen_x[:, ib], screen_x[:, ic]], dim=-1)
+        ys = torch.stack([screen_y[:, ia], screen_y[:, ib], screen_y[:, ic]], dim=-1)
+        col_min = torch.ceil((xs.amin(-1) - reach - 0.5).clamp(0, width)).long()
+        col_max = torch.floor((xs.amax(-1) + reach - 0.5).clamp(-1, width - 1)).long()
+        row_min = torch.ceil((ys.amin(-1) - reach - 0.5).clamp(0, height)).long()
+        row_max = torch.floor((ys.amax(-1) + reach - 0.5).clamp(-1, height - 1)).long()
+        dx1, dy1 = xs[..., 1] - xs[..., 0], ys[..., 1] - ys[..., 0]
+        dx2, dy2 = xs[..., 2] - xs[..., 0], ys[..., 2] - ys[..., 0]
+        area2 = dx1 * dy2 - dy1 * dx2
+        facing = -area2 if cull_backfaces else area2.abs()
+        keep = drawable[:, ia] & drawable[:, ib] & drawable[:, ic] & (facing > 0)
+        keep &= torch.isfinite(area2) & (col_min <= col_max) & (row_min <= row_max)
+        # Most triangles lie inside the silhouette: keep those whose widened box holds an
+        # uncovered pixel, counted from a summed-area table of the uncovered mask.
+        table = torch.zeros(
+            n_scenes, height + 1, width + 1, dtype=torch.int64, device=face_ids.device
+        )
+        table[:, 1:, 1:] = (face_ids < 0).long().cumsum(1).cumsum(2)
+        r0, r1 = row_min.clamp(0, height - 1), (row_max + 1).clamp(1, height)
+        c0, c1 = col_min.clamp(0, width - 1), (col_max + 1).clamp(1, width)
+        flat_table = table.reshape(n_scenes, -1)
+        stride = width + 1
+
+        def corner(r: Tensor, c: Tensor) -> Tensor:
+            return flat_table.gather(1, r * stride + c)
+
+        empty = corner(r1, c1) - corner(r0, c1) - corner(r1, c0) + corner(r0, c0)
+        keep &= empty > 0
+        scene, face = keep.nonzero(as_tuple=True)
+        uncovered = (face_ids < 0).reshape(-1)
+        pieces = []
+        for box, row, col in box_candidates(
+            row_min[scene, face], row_max[scene, face], col_min[scene, face], col_max[scene, face]
+        ):
+            pixel = (scene[box] * height + row) * width + col
+            near = uncovered.index_select(0, pixel).nonzero().squeeze(1)
+            pieces.append(tuple(t.index_select(0, near) for t in (box, row, col, pixel)))
+    if sum(piece[0].numel() for piece in pieces) == 0:
+        return None
+    box, row, col, pixel = (torch.cat(parts) for parts in zip(*pieces, strict=True))
+    sc = scene.index_select(0, box)
+    triangle = faces.index_select(0, face.index_select(0, box))  # (N, 3)
+    # Flat gathers: much faster than two-index advanced indexing on CPU.
+    vertex = sc[:, None] * screen_x.shape[1] + triangle  # (N, 3)
+    flat_vertex = vertex.reshape(-1)
+    corner_x = screen_x.reshape(-1).index_select(0, flat_vertex).reshape(-1, 3)  # (N, 3)
+    corner_y = screen_y.reshape(-1).index_select(0, flat_vertex).reshape(-1, 3)
+    px = col.to(screen_x.dtype) + 0.5
+    py = row.to(screen_x.dtype) + 0.5
+    # Edge k runs from corner k+1 to corner k+2 (opposite corner k), as in triangle_edges.
+    start = torch.tensor([1, 2, 0], device=face_ids.device)
+    end = torch.tensor([2, 0, 1], device=face_ids.device)
+    squared, along = _nearest_on_segment(
+        px[:, None],
+        py[:, None],
+        corner_x.index_select(1, start),
+        corner_y.index_select(1, start),
+        corner_x.index_select(1, end),
+        corner_y.index_select(1, end),
+    )  # (N, 3) each
+    # Outside the triangle (every candidate pixel is uncovered, hence outside or on its
+    # boundary) the nearest point of the triangle lies on its nearest edge.
+    nearest_edge = squared.argmin(dim=1, keepdim=True)
+    distance2 = squared.gather(1, nearest_edge).squeeze(1)
+    t = along.gather(1, nearest_edge).squeeze(1)
+    first = start[nearest_edge]  # (N, 1)
+    second = end[nearest_edge]
+
+    projected = (corner_x[:, 1] - corner_x[:, 0]) * (corner_y[:, 2] - corner_y[:, 0]) - (
+        corner_y[:, 1] - corner_y[:, 0]
+    ) * (corner_x[:, 2] - corner_x[:, 0])
+    projected = -projected if cull_backfaces else projected.abs()
+    fade = (projected / (0.5 * blur * blur)).clamp(0, 1)
+    cut = math.exp(-0.5 * HALO_REACH * HALO_REACH)
+    kernel = ((torch.exp(-distance2 / (2 * blur * blur)) - cut) / (1 - cut)).clamp_min(0)
+    strength = fade * kernel
+    # strength < 1 except at d = 0 with full fade; the clamp keeps log1p and its gradient finite.
+    log_clear = torch.log1p(-strength.clamp(max=1 - torch.finfo(strength.dtype).eps))
+    zeros = torch.zeros(n_pixels, dtype=screen_x.dtype, device=screen_x.device)
+    alpha = -torch.expm1(zeros.index_add(0, pixel, log_clear))
+    weight = zeros.index_add(0, pixel, strength)
+    return HaloPairs(pixel, vertex, first, second, t, strength, alpha, weight)
+
+
 def silhouette_halo(
     *,
     image: Tensor,
@@ -474,7 +624,8 @@ def silhouette_halo(
     at occlusion boundaries inside the mesh (after Chen et al. 2019, DIB-R, whose background
     pixels take a product of per-triangle distance kernels). Differentiable with respect to the
     same inputs as :func:`render`, including through the silhouette. The numba kernel computes the
-    same halo inside its scene loop (``_numba_raster._halo_scene``, float64).
+    same halo inside its scene loop (``_numba_raster._halo_scene``, float64). The geometry
+    (everything but the colours) is :func:`halo_pairs`'s.
 
     Args:
         image: ``(B, C, H, W)`` the hard render; face_ids ``(B, H, W)`` int64 (-1 uncovered).
@@ -488,90 +639,35 @@ def silhouette_halo(
     """
     n_scenes, channels, height, width = image.shape
     n_pixels = n_scenes * height * width
-    ia, ib, ic = faces.unbind(1)
-    reach = HALO_REACH * blur
-    with torch.no_grad():
-        xs = torch.stack([screen_x[:, ia], screen_x[:, ib], screen_x[:, ic]], dim=-1)
-        ys = torch.stack([screen_y[:, ia], screen_y[:, ib], screen_y[:, ic]], dim=-1)
-        col_min = torch.ceil((xs.amin(-1) - reach - 0.5).clamp(0, width)).long()
-        col_max = torch.floor((xs.amax(-1) + reach - 0.5).clamp(-1, width - 1)).long()
-        row_min = torch.ceil((ys.amin(-1) - reach - 0.5).clamp(0, height)).long()
-        row_max = torch.floor((ys.amax(-1) + reach - 0.5).clamp(-1, height - 1)).long()
-        dx1, dy1 = xs[..., 1] - xs[..., 0], ys[..., 1] - ys[..., 0]
-        dx2, dy2 = xs[..., 2] - xs[..., 0], ys[..., 2] - ys[..., 0]
-        area2 = dx1 * dy2 - dy1 * dx2
-        facing = -area2 if cull_backfaces else area2.abs()
-        keep = drawable[:, ia] & drawable[:, ib] & drawable[:, ic] & (facing > 0)
-        keep &= torch.isfinite(area2) & (col_min <= col_max) & (row_min <= row_max)
-        # Most triangles lie inside the silhouette: keep those whose widened box holds an
-        # uncovered pixel, counted from a summed-area table of the uncovered mask.
-        table = torch.zeros(n_scenes, height + 1, width + 1, dtype=torch.int64, device=image.device)
-        table[:, 1:, 1:] = (face_ids < 0).long().cumsum(1).cumsum(2)
-        r0, r1 = row_min.clamp(0, height - 1), (row_max + 1).clamp(1, height)
-        c0, c1 = col_min.clamp(0, width - 1), (col_max + 1).clamp(1, width)
-        flat_table = table.reshape(n_scenes, -1)
-        stride = width + 1
-
-        def corner(r: Tensor, c: Tensor) -> Tensor:
-            return flat_table.gather(1, r * stride + c)
-
-        empty = corner(r1, c1) - corner(r0, c1) - corner(r1, c0) + corner(r0, c0)
-        keep &= empty > 0
-        scene, face = keep.nonzero(as_tuple=True)
-        uncovered = (face_ids < 0).reshape(-1)
-        pieces = []
-        for box, row, col in box_candidates(
-            row_min[scene, face], row_max[scene, face], col_min[scene, face], col_max[scene, face]
-        ):
-            pixel = (scene[box] * height + row) * width + col
-            near = uncovered[pixel]
-            pieces.append((box[near], row[near], col[near], pixel[near]))
-    if sum(piece[0].numel() for piece in pieces) == 0:
+    pairs = halo_pairs(
+        face_ids=face_ids,
+        screen_x=screen_x,
+        screen_y=screen_y,
+        drawable=drawable,
+        faces=faces,
+        cull_backfaces=cull_backfaces,
+        blur=blur,
+    )
+    if pairs is None:
         return image
+    pixel, t, strength, alpha, weight = (
+        pairs.pixel,
+        pairs.t,
+        pairs.strength,
+        pairs.alpha,
+        pairs.weight,
+    )
     out = image.permute(0, 2, 3, 1).reshape(n_pixels, channels)
-    box, row, col, pixel = (torch.cat(parts) for parts in zip(*pieces, strict=True))
-    sc, triangle = scene[box], faces[face[box]]  # (N,), (N, 3)
-    # Flat gathers: much faster than two-index advanced indexing on CPU.
-    vertex = (sc[:, None] * screen_x.shape[1] + triangle).reshape(-1)
-    corner_x = screen_x.reshape(-1).index_select(0, vertex).reshape(-1, 3)  # (N, 3)
-    corner_y = screen_y.reshape(-1).index_select(0, vertex).reshape(-1, 3)
-    px = col.to(screen_x.dtype) + 0.5
-    py = row.to(screen_x.dtype) + 0.5
-    # Edge k runs from corner k+1 to corner k+2 (opposite corner k), as in triangle_edges.
-    start, end = [1, 2, 0], [2, 0, 1]
-    squared, along = _nearest_on_segment(
-        px[:, None],
-        py[:, None],
-        corner_x[:, start],
-        corner_y[:, start],
-        corner_x[:, end],
-        corner_y[:, end],
-    )  # (N, 3) each
-    # Outside the triangle (every candidate pixel is uncovered, hence outside or on its
-    # boundary) the nearest point of the triangle lies on its nearest edge.
-    nearest_edge = squared.argmin(dim=1, keepdim=True)
-    distance2 = squared.gather(1, nearest_edge).squeeze(1)
-    t = along.gather(1, nearest_edge).squeeze(1)
-    corner_colour = colour.reshape(-1, channels).index_select(0, vertex).reshape(-1, 3, channels)
-    first = torch.tensor(start, device=image.device)[nearest_edge]  # (N, 1)
-    second = torch.tensor(end, device=image.device)[nearest_edge]
-    first_colour = corner_colour.gather(1, first[..., None].expand(-1, 1, channels)).squeeze(1)
-    second_colour = corner_colour.gather(1, second[..., None].expand(-1, 1, channels)).squeeze(1)
+    corner_colour = (
+        colour.reshape(-1, channels)
+        .index_select(0, pairs.vertex.reshape(-1))
+        .reshape(-1, 3, channels)
+    )
+    first = pairs.first[..., None].expand(-1, 1, channels)
+    second = pairs.second[..., None].expand(-1, 1, channels)
+    first_colour = corner_colour.gather(1, first).squeeze(1)
+    second_colour = corner_colour.gather(1, second).squeeze(1)
     edge_colour = (1 - t)[:, None] * first_colour + t[:, None] * second_colour
-
-    projected = (corner_x[:, 1] - corner_x[:, 0]) * (corner_y[:, 2] - corner_y[:, 0]) - (
-        corner_y[:, 1] - corner_y[:, 0]
-    ) * (corner_x[:, 2] - corner_x[:, 0])
-    projected = -projected if cull_backfaces else projected.abs()
-    fade = (projected / (0.5 * blur * blur)).clamp(0, 1)
-    cut = math.exp(-0.5 * HALO_REACH * HALO_REACH)
-    kernel = ((torch.exp(-distance2 / (2 * blur * blur)) - cut) / (1 - cut)).clamp_min(0)
-    strength = fade * kernel
-    # strength < 1 except at d = 0 with full fade; the clamp keeps log1p and its gradient finite.
-    log_clear = torch.log1p(-strength.clamp(max=1 - torch.finfo(strength.dtype).eps))
-    zeros = torch.zeros(n_pixels, dtype=image.dtype, device=image.device)
-    alpha = -torch.expm1(zeros.index_add(0, pixel, log_clear))
-    weight = zeros.index_add(0, pixel, strength)
     weighted = torch.zeros(n_pixels, channels, dtype=image.dtype, device=image.device).index_add(
         0, pixel, strength[:, None] * edge_colour
     )
