@@ -348,6 +348,7 @@ def _inference_options(
         "init": args.init,
         "pilot_size": args.pilot_size,
         "simulations": args.simulations,
+        "collapse": args.collapse,
     }
     options = {key: value for key, value in options.items() if value is not None}
     options.update(seed=args.seed, device=str(device))
@@ -1009,6 +1010,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="hard simulation budget, pilot included (abc_mcmc, abc_smc, abc_rejection; default "
         f"for the face program with abc_mcmc: {RECOMMENDED_SIMULATIONS}, with the guide starting "
         "the chains and proposing)",
+    )
+    infer.add_argument(
+        "--collapse",
+        help="abc_mcmc: a latent drawn from its Gaussian conditional at every move, e.g. "
+        "'texture' for the face program (default: none)",
     )
     infer.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     infer.add_argument(

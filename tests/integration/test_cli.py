@@ -168,6 +168,20 @@ def test_infer_writes_the_posterior_and_figure(face_png, tmp_path, capsys):
         assert fragment in printed, fragment
 
 
+def test_infer_collapses_the_texture_when_asked(face_png, tmp_path, capsys):
+    from probgraphics.inference.posterior import Posterior
+
+    path, _ = face_png
+    out = tmp_path / "posterior.nc"
+    argv = ["infer", str(path), "--program-option", "resolution=32", "--summary", "pixel"]
+    argv += ["--chains", "4", "--draws", "5", "--warmup", "5", "--pilot-size", "200"]
+    argv += ["--collapse", "texture", "--out", str(out), "--no-figure", "--quiet"]
+    assert main(argv) == 0
+    posterior = Posterior.load(out)
+    assert posterior.settings["collapse"] == "texture"
+    assert posterior.settings["observation_noise"] == "marginal"
+
+
 def test_infer_figure_defaults_next_to_the_posterior(face_png, tmp_path):
     path, _ = face_png
     out = tmp_path / "run.nc"
@@ -228,6 +242,8 @@ def test_infer_wrong_size_exits_2(tmp_path, capsys):
         (["--method", "guide", "--guide", "nope"], "no pretrained network named 'nope'"),
         # face-guide-64 encodes 64 px images; this program observes 32 px ones.
         (["--init", "guide", "--program-option", "resolution=32"], "cannot guide this program"),
+        (["--collapse", "light", "--program-option", "resolution=32"], "standard normal"),
+        (["--method", "abc_slice", "--collapse", "texture"], "unknown option(s) ['collapse']"),
     ],
 )
 def test_infer_bad_options_exit_2(face_png, tmp_path, capsys, extra, message):
