@@ -48,6 +48,7 @@ from probgraphics.inference.runner import (
     fit_gaussian_proposal,
     load_run,
     prepare,
+    ridge_fits,
 )
 from probgraphics.inference.simulator import Simulator
 from probgraphics.inference.smc import run_smc
@@ -189,7 +190,13 @@ def infer(program: Callable[[], Any], observation: Any, method: str = "abc_mcmc"
             ``"texture"``: every move then draws it from its Gaussian conditional, with the
             exact joint acceptance ratio, and costs two simulations; it needs the noise
             integrated out, which ``observation_noise="auto"`` then picks; see
-            :mod:`probgraphics.inference.collapse`), ``abc_slice`` adds ``max_shrinks``.
+            :mod:`probgraphics.inference.collapse`) and ``ridge`` (None, or focus latent sites,
+            e.g. ``["azimuth", "elevation", "light"]``: the cycle adds a random walk of those
+            sites in which every other latent follows by its fitted conditional-mean shift, so
+            chains move along the ridge that compensating latents make; its directions are
+            fitted from a central-difference Jacobian of the summaries, ``2 x latent_dim``
+            simulations at the start and at warm-up's refits, counted in the budget; see
+            :mod:`probgraphics.inference.kernels.ridge`), ``abc_slice`` adds ``max_shrinks``.
             ``init="guide"`` with ``guide=`` a trained guide (an ``EncoderGuide``) starts the chains
             from independent draws of the guide's q(z | observation) (seed 000's coarse-to-fine;
             latents the guide leaves out start from the prior; the pilot still runs, for the
@@ -592,6 +599,7 @@ _ABC_MCMC_OPTIONS = {
     "blocks": "sites",
     "guide_proposals": None,
     "collapse": None,
+    "ridge": None,
 }
 _ABC_SLICE_OPTIONS = {**_ABC_COMMON_OPTIONS, "max_shrinks": DEFAULT_MAX_SHRINKS}
 #: abc_rejection's ``adjust=`` choices: None, linear regression adjustment, or one regression per
@@ -717,6 +725,12 @@ def _abc_config(
                 f"got {collapse!r}."
             )
         extra["collapse"] = collapse
+        extra["ridge"] = _check_ridge(options["ridge"])
+        if extra["ridge"] is not None and collapse is not None:
+            raise ValueError(
+                f"ridge={list(extra['ridge'])} and collapse={collapse!r} do not combine yet (the "
+                "ridge move would have to redraw the collapsed site); use one of them."
+            )
     else:
         extra["max_shrinks"] = _check_int("max_shrinks", options["max_shrinks"], 1)
     quantile = options["quantile"]
@@ -757,6 +771,47 @@ def _abc_config(
         simulations=options["simulations"],
         **extra,
     )
+
+
+def _check_ridge(sites: Any) -> tuple[str, ...] | None:
+    """``ridge=``: None (no ridge moves) or the focus latent sites, a non-empty list of distinct
+    names (a checkpoint records a list). Unknown names are reported once the program's sites are
+    known."""
+    if sites is None:
+        return None
+    if isinstance(sites, str):
+        sites = [sites]
+    if (
+        not isinstance(sites, (list, tuple))
+        or not sites
+        or not all(isinstance(name, str) for name in sites)
+    ):
+        raise TypeError(
+            "ridge must be None or a list of latent site names whose random walk the other "
+            f"latents follow, e.g. ['azimuth', 'elevation', 'light'], got {sites!r}"
+        )
+    repeated = sorted({name for name in sites if list(sites).count(name) > 1})
+    if repeated:
+        raise ValueError(f"ridge names {repeated} more than once; name each site once.")
+    return tuple(sites)
+
+
+def _check_ridge_sites(config: RunConfig, layout: WhiteningLayout) -> None:
+    """The ridge's focus sites must be latent sites, and leave at least one to follow them."""
+    if config.ridge is None:
+        return
+    latents = [site.name for site in layout.latent_sites]
+    unknown = sorted(set(config.ridge) - set(latents))
+    if unknown:
+        raise ValueError(
+            f"ridge names {unknown}, which are not latent sites of this program; its latent "
+            f"sites are {latents}."
+        )
+    if set(latents) <= set(config.ridge):
+        raise ValueError(
+            f"ridge names every latent site ({latents}); leave out the sites that should follow "
+            "the focus sites' walk (ridge moves shift them along the fitted ridge)."
+        )
 
 
 def _check_blocks(blocks: Any) -> tuple[tuple[str, ...], ...] | None:
@@ -807,11 +862,16 @@ SLICE_SIMULATIONS_PER_STEP = 3
 
 
 def _apply_budget(
-    method: str, options: dict[str, Any], explicit: frozenset[str], observation_size: int
+    method: str,
+    options: dict[str, Any],
+    explicit: frozenset[str],
+    observation_size: int,
+    reserved: int = 0,
 ) -> None:
     """``simulations=N``: derive chains, pilot, warm-up and draws (those not given) so the run
     spends at most ``N`` simulations, pilot and start included; reject a budget that cannot.
-    ``observation_size``: elements in the observation (small: a cheap simulator, more chains)."""
+    ``observation_size``: elements in the observation (small: a cheap simulator, more chains);
+    ``reserved``: simulations the run spends outside its steps (the ridge moves' fits)."""
     budget = options["simulations"]
     if budget is None:
         return
@@ -837,18 +897,19 @@ def _apply_budget(
     per_step = SLICE_SIMULATIONS_PER_STEP if method == "abc_slice" else 1
     if method == "abc_mcmc" and options.get("collapse") is not None:
         per_step = 2  # a collapsed move simulates twice (RunConfig.simulations_per_step)
-    steps = (budget - pilot - starting) // (chains * per_step)
+    steps = (budget - pilot - starting - reserved) // (chains * per_step)
     if pilot > budget or steps < 2:
+        fits = f", the ridge moves' fits ({reserved})" if reserved else ""
         raise ValueError(
             f"simulations={budget} cannot pay for the pilot ({pilot}), the {chains} chains' "
-            f"start ({starting}) and at least two steps of {chains} chains; raise simulations "
-            "(e.g. to 20_000) or lower chains and pilot_size."
+            f"start ({starting}){fits} and at least two steps of {chains} chains; raise "
+            "simulations (e.g. to 20_000) or lower chains and pilot_size."
         )
     given = {name: options[name] for name in ("warmup", "draws") if name in explicit}
     warmup = given.get("warmup", steps // 2)
     draws = given.get("draws", max(1, (steps - warmup) // thin))
     # at least per_step simulations a chain a step
-    needed = pilot + starting + chains * per_step * (warmup + draws * thin)
+    needed = pilot + starting + reserved + chains * per_step * (warmup + draws * thin)
     if needed > budget:
         raise ValueError(
             f"warmup={warmup} and draws={draws} with {chains} chains need at least {needed} "
@@ -916,6 +977,12 @@ def _prepare_abc_method(
         config = replace(config, distance="l2", noise_scale=noise_scale)
     if config.multi_move:
         block_masks(layout, config.blocks or ())  # unknown or repeated sites fail before the pilot
+    _check_ridge_sites(config, layout)
+    if config.ridge is not None and config.simulations is not None and resume is None:
+        # The ridge's fits simulate too: re-plan the budget with them reserved.
+        reserved = 2 * layout.latent_dim * ridge_fits(options["warmup"])
+        _apply_budget(method, options, explicit, size, reserved=reserved)
+        config = replace(config, warmup=options["warmup"], draws=options["draws"])
     init = _resolve_guide_init(options, info, observation, config, resumed=resume is not None)
     init_mode, init_values = _check_init(init, layout, config.chains)
     config = replace(config, init=init_mode, observation_noise=resolved_mode)

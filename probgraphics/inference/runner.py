@@ -41,6 +41,14 @@ because every random number comes from the run's generators in a fixed order.
   :data:`TEMPERING_MIN_RATIO` times the last), and the chains are resampled by those weights, so
   chains stuck far away take the places of copies of good ones (warm-up only: the sampling phase is
   plain MCMC).
+* **Ridge moves** (``abc_mcmc``, ``ridge=`` focus sites). The cycle ends with a random walk of the
+  focus sites in which every other latent follows by its conditional-mean shift under the local
+  Gauss-Newton picture of the target (:mod:`~probgraphics.inference.kernels.ridge`): it moves
+  along the ridge that compensating latents make (the face's pose against its shape). The
+  directions are fitted at the start and at the reference's refit steps of warm-up, at the chain
+  with the smallest distance (a central-difference Jacobian of the summaries along every latent
+  coordinate: ``2 x latent_dim`` simulations a fit, counted in the budget); the per-chain step
+  adapts like ``beta``; both are frozen for sampling.
 * **Sampling.** ``draws * thin`` steps at the target epsilon; every ``thin``-th state is kept with
   its distance, accepted flag, epsilon, beta, and simulations used.
 * **Checkpoints.** Every ``checkpoint_every`` steps (and at the end) the whole run state goes to
@@ -77,7 +85,7 @@ from probgraphics.inference import checkpoint as checkpoint_io
 from probgraphics.inference import marginal_noise, tempering
 from probgraphics.inference.collapse import linear_site
 from probgraphics.inference.distances import StandardizedL2, resolve_distance
-from probgraphics.inference.kernels import collapsed, elliptical, elliptical_slice
+from probgraphics.inference.kernels import collapsed, elliptical, elliptical_slice, ridge
 from probgraphics.inference.kernels.elliptical import GaussianReference
 from probgraphics.inference.posterior import Posterior
 from probgraphics.inference.simulator import Simulator, derive_seeds
@@ -142,6 +150,12 @@ TEMPERING_MIN_RATIO = 0.7
 #: Blocked moves start small: chains started from a guide stay near it until the adaptation
 #: finds how far a block can move (a first move of the prior's scale loses the guide's start).
 INITIAL_BLOCK_BETA = 0.1
+#: Ridge moves: the central-difference step (whitened units) of the Jacobian their directions are
+#: fitted from (large enough that float32 summaries difference cleanly), the per-chain walk
+#: step's start (in units of the focus' fitted marginal standard deviations) and its range.
+RIDGE_DIFFERENCE_STEP = 3e-3
+RIDGE_INITIAL_STEP = 0.5
+RIDGE_STEP_RANGE = (1e-3, 10.0)
 
 # Options a resumed run may change: they do not change the rest of the run's result.
 # ``init`` only shapes the state before the first checkpoint, which the checkpoint holds.
@@ -186,14 +200,19 @@ class RunConfig:
     guide_proposals: bool = False
     simulations: int | None = None
     collapse: str | None = None
+    ridge: tuple[str, ...] | None = None
 
     @property
     def multi_move(self) -> bool:
-        """The step cycles over blocks and/or guide proposals (abc_mcmc only); ``blocks=None``
-        with no guide is the single joint move with its reference Gaussian. A collapsed site
-        always takes the cycle's path (its moves leave the site's coordinates out)."""
+        """The step cycles over blocks, guide proposals and/or ridge moves (abc_mcmc only);
+        ``blocks=None`` with no guide is the single joint move with its reference Gaussian. A
+        collapsed site always takes the cycle's path (its moves leave the site's coordinates
+        out)."""
         return self.method == "abc_mcmc" and (
-            self.blocks is not None or self.guide_proposals or self.collapse is not None
+            self.blocks is not None
+            or self.guide_proposals
+            or self.collapse is not None
+            or self.ridge is not None
         )
 
     @property
@@ -277,12 +296,20 @@ class AbcRun:
     latent_mask: torch.Tensor | None = None
     guide_proposal: GaussianReference | None = None
     linear: collapsed.LinearSite | None = None
+    ridge_focus: torch.Tensor | None = None
+    ridge_directions: ridge.RidgeDirections | None = None
+    ridge_log_step: torch.Tensor | None = None
 
     @property
     def n_moves(self) -> int:
-        """Moves in one cycle: the blocks, plus the guide's independence move when on."""
+        """Moves in one cycle: the blocks, plus the guide's independence move when on, plus the
+        ridge move when on (last)."""
         blocks = 1 if self.masks is None else self.masks.shape[0]
-        return blocks + int(self.guide_proposal is not None)
+        return blocks + int(self.guide_proposal is not None) + int(self.ridge_focus is not None)
+
+    def is_ridge_move(self, move: int) -> bool:
+        """Whether move ``move`` of the cycle (0-based) is the ridge move."""
+        return self.ridge_focus is not None and move == self.n_moves - 1
 
     @property
     def kernel(self):
@@ -648,6 +675,12 @@ def prepare(
         run.log_beta = torch.full(shape, start, dtype=layout.dtype, device=device)
     if _preconditions(run):
         _reset_moments(run)
+    if run.ridge_focus is not None:
+        epsilon = run.epsilon_current if config.adaptive_epsilon else run.epsilon_start
+        fit_ridge(run, epsilon)
+        run.ridge_log_step = torch.full(
+            (config.chains,), math.log(RIDGE_INITIAL_STEP), dtype=layout.dtype, device=device
+        )
     _allocate_records(run)
     return run
 
@@ -684,6 +717,12 @@ def _set_moves(run: AbcRun, guide_proposal: GaussianReference | None) -> None:
             run.masks = torch.cat([run.masks, run.joint_mask.unsqueeze(0)])
     if config.collapse is not None:
         _leave_out_collapsed(run)
+    if config.ridge is not None:
+        focus = torch.zeros(dim, dtype=torch.bool)
+        for name in config.ridge:
+            site = run.layout.site(name)
+            focus[site.offset : site.offset + site.size] = True
+        run.ridge_focus = focus.to(device)
     if config.guide_proposals:
         run.guide_proposal = GaussianReference(
             *(tensor.to(device=device, dtype=run.layout.dtype) for tensor in guide_proposal)
@@ -730,6 +769,41 @@ def _preconditions(run: AbcRun) -> bool:
     return config.precondition and run.layout.dim <= MAX_REFERENCE_DIM
 
 
+def ridge_fits(warmup_steps: int) -> int:
+    """How many times a run with ridge moves fits their directions: at the start, then at each
+    of the reference's refit steps of warm-up."""
+    return 1 + len(reference_fit_steps(warmup_steps))
+
+
+def fit_ridge(run: AbcRun, epsilon: float) -> None:
+    """Fit the ridge moves' directions at the chain with the smallest distance, for the kernel
+    at tolerance ``epsilon`` (``2 x latent_dim`` simulations; see
+    :mod:`~probgraphics.inference.kernels.ridge`)."""
+    config = run.config
+    bandwidth = marginal_noise.bandwidth(epsilon, config.noise_scale)
+    if not (math.isfinite(bandwidth) and bandwidth > 0):
+        bandwidth = 1.0  # no tolerance yet: the prior's scale
+    distance = run.state.distance.nan_to_num(math.inf)
+    best = int(distance.argmin())
+    latent = torch.zeros(run.layout.dim, dtype=torch.bool, device=run.ridge_focus.device)
+    for site in run.layout.latent_sites:
+        latent[site.offset : site.offset + site.size] = True
+    coordinates = latent.nonzero().squeeze(1)
+    jacobian = ridge.central_jacobian(
+        run.simulator, run.state.u[best], coordinates, RIDGE_DIFFERENCE_STEP, config.batch_size
+    )
+    if isinstance(run.simulator.distance, StandardizedL2):  # the kernel compares these
+        jacobian = jacobian / run.simulator.distance.scale.reshape(-1, 1).to(jacobian)
+    run.ridge_directions = ridge.fit_directions(
+        jacobian,
+        coordinates,
+        run.ridge_focus[coordinates],
+        bandwidth,
+        run.layout.dim,
+        dtype=run.layout.dtype,
+    )
+
+
 def _embed_reference(reference: GaussianReference, mask: torch.Tensor) -> GaussianReference:
     """A reference fitted on the ``mask`` coordinates, as ``N(0, I)`` on the others."""
     if bool(mask.all()):
@@ -752,7 +826,17 @@ def _kernel_step(run: AbcRun, epsilon: float):
         return _collapsed_step(run, epsilon)
     if config.multi_move:
         move = run.steps_done % run.n_moves
-        if move == run.masks.shape[0]:
+        if run.is_ridge_move(move):
+            run.state, info = ridge.step(
+                run.generator,
+                run.state,
+                simulate,
+                epsilon,
+                config.abc_kernel,
+                run.ridge_directions,
+                run.ridge_log_step.exp(),
+            )
+        elif move == run.masks.shape[0]:
             run.state, info = elliptical.independence_step(
                 run.generator,
                 run.state,
@@ -852,7 +936,10 @@ def _adapt_beta(run: AbcRun, acceptance_probability: torch.Tensor, epsilon_movin
         run.log_beta = (run.log_beta + update).clamp(math.log(MIN_BETA), 0.0)
         return
     move = run.steps_done % run.n_moves  # the move just taken (steps_done not yet counted)
-    if move < run.masks.shape[0]:  # the guide's independence move has no beta
+    if run.is_ridge_move(move):
+        low, high = RIDGE_STEP_RANGE
+        run.ridge_log_step = (run.ridge_log_step + update).clamp(math.log(low), math.log(high))
+    elif move < run.masks.shape[0]:  # the guide's independence move has no beta
         column = (run.log_beta[:, move] + update).clamp(math.log(MIN_BETA), 0.0)
         run.log_beta = run.log_beta.index_copy(
             1, torch.tensor([move], device=column.device), column.unsqueeze(1)
@@ -934,6 +1021,7 @@ def warmup(run: AbcRun, n_steps: int | None = None) -> AbcRun:
     anneal_steps = math.ceil(config.anneal_fraction * config.warmup)
     precondition = _preconditions(run)
     refits = set(reference_fit_steps(config.warmup)) if precondition else set()
+    ridge_refits = set(reference_fit_steps(config.warmup)) if run.ridge_focus is not None else set()
     start = time.perf_counter()
     simulate_before = run.simulator.seconds
     with _engine_threads(run):
@@ -978,6 +1066,10 @@ def warmup(run: AbcRun, n_steps: int | None = None) -> AbcRun:
                     run.epsilon_target = run.epsilon_current
             if run.warmup_done == anneal_steps:
                 run.steps_since_change = 0
+            if run.warmup_done in ridge_refits:
+                fit_start = time.perf_counter()
+                fit_ridge(run, run.epsilon_current if config.adaptive_epsilon else epsilon)
+                run.reference_fit_seconds += time.perf_counter() - fit_start
             if precondition:
                 _accumulate_moments(run)
                 if run.warmup_done in refits:
@@ -1204,6 +1296,12 @@ def save_run(run: AbcRun, path: str) -> None:
         "guide_proposal": None
         if run.guide_proposal is None
         else {name: tensor.cpu() for name, tensor in run.guide_proposal._asdict().items()},
+        "ridge": None
+        if run.ridge_focus is None
+        else {
+            "basis": run.ridge_directions.basis.cpu(),
+            "log_step": run.ridge_log_step.cpu(),
+        },
     }
     checkpoint_io.save_checkpoint(path, payload)
 
@@ -1325,6 +1423,10 @@ def load_run(
     if payload["moments"] is not None:
         run.moments = {name: tensor.to(device) for name, tensor in payload["moments"].items()}
     run.steps_since_change = int(payload["steps_since_change"])
+    if run.ridge_focus is not None:
+        saved_ridge = payload["ridge"]
+        run.ridge_directions = ridge.RidgeDirections(saved_ridge["basis"].to(device))
+        run.ridge_log_step = saved_ridge["log_step"].to(device)
     _allocate_records(run)
     for name, saved_records in payload["records"].items():
         kept = saved_records.shape[1]
