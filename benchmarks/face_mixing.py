@@ -14,7 +14,9 @@ Jacobian of the render, tests whether the posterior is close to Gaussian at its 
 were, the step would land on the mode and lower the distance.
 
 ``--collapse none texture`` runs each row without and with the texture drawn from its Gaussian
-conditional at every move (``infer(..., collapse="texture")``), side by side.
+conditional at every move (``infer(..., collapse="texture")``), side by side. ``--ridge none
+angles`` likewise without and with ridge moves of azimuth, elevation and light, the other 403
+latents following (``infer(..., ridge=["azimuth", "elevation", "light"])``).
 
 ``--fixed`` conditions the named sites on their true values (``pyro.poutine.condition``), so the
 chains move only the others: which latents hold the mixing back, and whether a low-dimensional
@@ -34,6 +36,7 @@ Prints a table and writes ``benchmarks/results/face_mixing.json`` (``--out``)::
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import warnings
 from pathlib import Path
@@ -68,9 +71,11 @@ def from_truth(
     anneal: float,
     fixed: tuple[str, ...] = (),
     collapse: str | None = None,
+    ridge: tuple[str, ...] | None = None,
 ):
     """One row: ``chains`` chains started at the truth, ``simulations`` in all; the ``fixed``
-    sites held at their true values; ``collapse``: the site drawn from its conditional."""
+    sites held at their true values; ``collapse``: the site drawn from its conditional;
+    ``ridge``: the ridge moves' focus sites."""
     free = [site for site in program.latent_sites if site not in fixed]
     init = {s: truth[s].expand(chains, *truth[s].shape).clone() for s in free}
     if fixed and collapse is not None:
@@ -88,6 +93,7 @@ def from_truth(
             epsilon=epsilon,
             anneal_fraction=anneal,
             collapse=collapse,
+            ridge=None if ridge is None else list(ridge),
             seed=0,
             progress=False,
         )
@@ -96,6 +102,7 @@ def from_truth(
     final.update({s: truth[s].expand(chains, *truth[s].shape) for s in fixed})
     distance = noise_free_distance(program, final, truth["image"])
     row = {"fixed": " ".join(fixed) or "-", "collapse": collapse or "-", "epsilon": epsilon}
+    row["ridge"] = " ".join(ridge) if ridge else "-"
     row["anneal_fraction"] = anneal
     row["chains"] = chains
     row["draws"] = posterior.num_draws
@@ -176,6 +183,13 @@ def main(argv: list[str] | None = None) -> dict:
         help="rows without ('none') and/or with a collapsed site (e.g. 'texture'), side by side",
     )
     parser.add_argument(
+        "--ridge",
+        nargs="+",
+        choices=["none", "angles"],
+        default=["none"],
+        help="rows without ('none') and/or with ridge moves of the three angles, side by side",
+    )
+    parser.add_argument(
         "--no-gauss-newton", action="store_true", help="skip the Gauss-Newton check at the end"
     )
     parser.add_argument("--out", default="face_mixing", help="results/<out>.json")
@@ -196,11 +210,20 @@ def main(argv: list[str] | None = None) -> dict:
     fixed = tuple(args.fixed)
     rows = []
     for epsilon, anneal in settings:
-        for collapse in args.collapse:
+        for collapse, ridge in itertools.product(args.collapse, args.ridge):
             site = None if collapse == "none" else collapse
+            focus = SITES if ridge == "angles" else None
             rows.append(
                 from_truth(
-                    program, truth, args.chains, args.simulations, epsilon, anneal, fixed, site
+                    program,
+                    truth,
+                    args.chains,
+                    args.simulations,
+                    epsilon,
+                    anneal,
+                    fixed,
+                    site,
+                    focus,
                 )
             )
             print(rows[-1], flush=True)
