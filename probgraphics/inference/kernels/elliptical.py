@@ -65,6 +65,7 @@ __all__ = [
     "propose",
     "propose_with_weight",
     "log_acceptance_ratio",
+    "accept",
     "draw_noise",
     "step_with_noise",
     "step",
@@ -346,15 +347,31 @@ def step_with_noise(
     log_ratio = log_acceptance_ratio(simulation.distance, state.distance, epsilon, abc_kernel)
     if log_weight_change is not None:
         log_ratio = log_ratio + log_weight_change
-    accepted = noise.log_uniform < log_ratio  # False for NaN
+    new_state, accepted, acceptance_probability = accept(
+        state, proposal, simulation, log_ratio, noise.log_uniform
+    )
+    info = EllipticalInfo(accepted, simulation.distance, noise.a, acceptance_probability)
+    return new_state, info
+
+
+def accept(
+    state: EllipticalState,
+    proposal: torch.Tensor,
+    simulation: Simulation,
+    log_ratio: torch.Tensor,
+    log_uniform: torch.Tensor,
+) -> tuple[EllipticalState, torch.Tensor, torch.Tensor]:
+    """The Metropolis-Hastings decision of every chain: ``log U < log_ratio`` (``(C,)``; False
+    for NaN) takes the ``proposal`` ``(C, D)`` and its ``simulation``, else keeps ``state``.
+    Returns ``(new_state, accepted (C,) bool, min(1, exp(log_ratio)) (C,), 0 for NaN)``."""
+    accepted = log_uniform.to(log_ratio.dtype) < log_ratio
     acceptance_probability = torch.exp(log_ratio.clamp(max=0.0)).nan_to_num(0.0)
     new_state = EllipticalState(
         u=torch.where(accepted.unsqueeze(-1), proposal, state.u),
         values=torch.where(accepted.unsqueeze(-1), simulation.values, state.values),
         distance=torch.where(accepted, simulation.distance, state.distance),
     )
-    info = EllipticalInfo(accepted, simulation.distance, noise.a, acceptance_probability)
-    return new_state, info
+    return new_state, accepted, acceptance_probability
 
 
 def step(

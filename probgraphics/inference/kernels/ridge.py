@@ -202,19 +202,11 @@ def step_with_noise(
     # A random walk, not a move that keeps the prior: the prior ratio is in the acceptance.
     prior = 0.5 * (state.u.square().sum(-1) - proposal.square().sum(-1))
     log_ratio = log_ratio + prior.to(log_ratio.dtype)
-    accepted = noise.log_uniform.to(log_ratio.dtype) < log_ratio  # False for NaN
-    acceptance_probability = torch.exp(log_ratio.clamp(max=0.0)).nan_to_num(0.0)
-    take = accepted.unsqueeze(-1)
-    new_state = EllipticalState(
-        torch.where(take, proposal, state.u),
-        torch.where(take, simulation.values, state.values),
-        torch.where(accepted, simulation.distance, state.distance),
+    new_state, accepted, acceptance_probability = elliptical.accept(
+        state, proposal, simulation, log_ratio, noise.log_uniform
     )
     info = EllipticalInfo(
-        accepted,
-        simulation.distance,
-        noise.delta.norm(dim=-1),
-        acceptance_probability.to(state.u.dtype),
+        accepted, simulation.distance, noise.delta.norm(dim=-1), acceptance_probability
     )
     return new_state, info
 
