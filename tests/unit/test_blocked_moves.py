@@ -10,14 +10,13 @@ import torch
 
 import probgraphics as pg
 from probgraphics.api import prepare_abc
-from probgraphics.inference import checkpoint as checkpoint_io
 from probgraphics.inference import runner, tempering
 from probgraphics.inference.kernels import elliptical
 from probgraphics.inference.kernels.elliptical import GaussianReference
 from probgraphics.inference.simulator import Simulation
 from probgraphics.inference.whitening import build_layout, trace_program, whiten_values
 from tests.blocked_toy import OBSERVATION, BiasedGuide, program
-from tests.unit.test_runner import CrashingProgram, assert_same_posterior
+from tests.unit.test_runner import CrashingProgram, assert_same_posterior, crash_then_resume
 
 DATA = {"x": OBSERVATION}
 # Adaptive epsilon (tempering and resampling on), a guide proposing, three blocks + joint + guide.
@@ -180,13 +179,11 @@ def test_warmup_and_sampling_in_pieces_equal_one_run():
 def test_resumed_blocked_run_equals_the_uninterrupted_run(tmp_path, crash_at):
     path = tmp_path / "run.ckpt"
     options = {**FAST, "checkpoint_every": 4}
-    uninterrupted = pg.infer(program, DATA, **options)
-    with pytest.raises(KeyboardInterrupt):
-        pg.infer(CrashingProgram(program, crash_at), DATA, checkpoint=path, **options)
-    saved = checkpoint_io.load_checkpoint(path)
-    assert 0 < saved["warmup_done"] + saved["sampling_steps_done"] < 29
     # resume=path alone: the checkpoint holds the guide's proposal and every setting.
-    resumed = pg.infer(program, DATA, resume=path, progress=False)
+    uninterrupted, saved, resumed = crash_then_resume(
+        program, CrashingProgram(program, crash_at), DATA, options, path
+    )
+    assert 0 < saved["warmup_done"] + saved["sampling_steps_done"] < 29
     assert_same_posterior(uninterrupted, resumed)
 
 
@@ -199,10 +196,9 @@ def test_a_budgeted_run_resumes_from_its_checkpoint_alone(tmp_path):
         "progress": False,
         "checkpoint_every": 5,
     }
-    uninterrupted = pg.infer(program, DATA, **options)
-    with pytest.raises(KeyboardInterrupt):
-        pg.infer(CrashingProgram(program, 40), DATA, checkpoint=path, **options)
-    resumed = pg.infer(program, DATA, resume=path, progress=False)
+    uninterrupted, _, resumed = crash_then_resume(
+        program, CrashingProgram(program, 40), DATA, options, path
+    )
     assert_same_posterior(uninterrupted, resumed)
 
 

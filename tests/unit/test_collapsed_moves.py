@@ -13,13 +13,12 @@ import torch
 
 import probgraphics as pg
 from probgraphics.api import prepare_abc
-from probgraphics.inference import checkpoint as checkpoint_io
 from probgraphics.inference import runner
 from probgraphics.inference.collapse import affine_statistics
 from probgraphics.inference.kernels import collapsed, elliptical
 from probgraphics.inference.simulator import Simulation
 from tests.collapsed_toy import OBSERVATION, CollapsedToy, matrix, offset
-from tests.unit.test_runner import assert_same_posterior
+from tests.unit.test_runner import assert_same_posterior, crash_then_resume
 
 DATA = {"x": OBSERVATION}
 FAST = {
@@ -210,13 +209,11 @@ def test_warmup_and_sampling_in_pieces_equal_one_run():
 def test_resumed_collapsed_run_equals_the_uninterrupted_run(tmp_path, crash_at):
     path = tmp_path / "run.ckpt"
     options = {**FAST, "checkpoint_every": 4}
-    uninterrupted = pg.infer(CollapsedToy(), DATA, **options)
-    with pytest.raises(KeyboardInterrupt):
-        pg.infer(CrashingToy(crash_at), DATA, checkpoint=path, **options)
-    saved = checkpoint_io.load_checkpoint(path)
+    uninterrupted, saved, resumed = crash_then_resume(
+        CollapsedToy(), CrashingToy(crash_at), DATA, options, path
+    )
     assert 0 < saved["warmup_done"] + saved["sampling_steps_done"] < 24
     assert "gram" in saved["state"]
-    resumed = pg.infer(CollapsedToy(), DATA, resume=path, progress=False)
     assert_same_posterior(uninterrupted, resumed)
 
 

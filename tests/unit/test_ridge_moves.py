@@ -11,12 +11,11 @@ import torch
 
 import probgraphics as pg
 from probgraphics.api import prepare_abc
-from probgraphics.inference import checkpoint as checkpoint_io
 from probgraphics.inference import runner
 from probgraphics.inference.kernels import elliptical, ridge
 from probgraphics.inference.simulator import Simulation
 from tests.blocked_toy import OBSERVATION, program
-from tests.unit.test_runner import CrashingProgram, assert_same_posterior
+from tests.unit.test_runner import CrashingProgram, assert_same_posterior, crash_then_resume
 
 DATA = {"x": OBSERVATION}
 FAST = {
@@ -132,13 +131,11 @@ def test_warmup_and_sampling_in_pieces_equal_one_run():
 def test_resumed_ridge_run_equals_the_uninterrupted_run(tmp_path, crash_at):
     path = tmp_path / "run.ckpt"
     options = {**FAST, "checkpoint_every": 4}
-    uninterrupted = pg.infer(program, DATA, **options)
-    with pytest.raises(KeyboardInterrupt):
-        pg.infer(CrashingProgram(program, crash_at), DATA, checkpoint=path, **options)
-    saved = checkpoint_io.load_checkpoint(path)
+    uninterrupted, saved, resumed = crash_then_resume(
+        program, CrashingProgram(program, crash_at), DATA, options, path
+    )
     assert 0 < saved["warmup_done"] + saved["sampling_steps_done"] < 34
     assert saved["ridge"]["basis"].shape[1] == 1
-    resumed = pg.infer(program, DATA, resume=path, progress=False)
     assert_same_posterior(uninterrupted, resumed)
 
 

@@ -82,6 +82,19 @@ class CrashingProgram:
         return self.program()
 
 
+def crash_then_resume(program, crashing, observation, options, path, **infer):
+    """The run of ``options``: uninterrupted; interrupted (``crashing``, the program raising
+    mid-run, checkpointing to ``path``); and resumed from ``path`` alone. ``infer``: further
+    keywords of every call (e.g. ``method``). Returns ``(uninterrupted, the checkpoint's payload
+    at the interruption, resumed)``."""
+    uninterrupted = pg.infer(program, observation, **infer, **options)
+    with pytest.raises(KeyboardInterrupt):
+        pg.infer(crashing, observation, checkpoint=path, **infer, **options)
+    saved = checkpoint_io.load_checkpoint(path)
+    resumed = pg.infer(program, observation, resume=path, progress=False, **infer)
+    return uninterrupted, saved, resumed
+
+
 @pytest.mark.parametrize(
     "method,crash_at,phase",
     [
@@ -94,20 +107,17 @@ class CrashingProgram:
 def test_resumed_run_equals_the_uninterrupted_run_bit_for_bit(tmp_path, method, crash_at, phase):
     path = tmp_path / "run.ckpt"
     options = {**FAST, "checkpoint_every": 3}
-    uninterrupted = pg.infer(PROGRAM, OBSERVATION, method=method, **options)
     crashing = CrashingProgram(PROGRAM, crash_at)
-    with pytest.raises(KeyboardInterrupt):
-        pg.infer(crashing, OBSERVATION, method=method, checkpoint=path, **options)
-    assert path.is_file()
-    saved = checkpoint_io.load_checkpoint(path)
+    # resume=path alone: every other option comes from the checkpoint.
+    uninterrupted, saved, resumed = crash_then_resume(
+        PROGRAM, crashing, OBSERVATION, options, path, method=method
+    )
     print("CKPT", method, crash_at, saved["warmup_done"], saved["sampling_steps_done"])
     assert (
         0
         < saved["warmup_done"] + saved["sampling_steps_done"]
         < runner.RunConfig(method=method, chains=6, draws=9, warmup=16, seed=0).total_steps
     )
-    # resume=path alone: every other option comes from the checkpoint.
-    resumed = pg.infer(PROGRAM, OBSERVATION, method=method, resume=path, progress=False)
     assert_same_posterior(uninterrupted, resumed)
     # The finished run's checkpoint gives the same posterior again.
     again = pg.infer(PROGRAM, OBSERVATION, method=method, resume=path, progress=False)
