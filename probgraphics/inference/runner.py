@@ -787,10 +787,7 @@ def fit_ridge(run: AbcRun, epsilon: float) -> None:
         bandwidth = 1.0  # no tolerance yet: the prior's scale
     distance = run.state.distance.nan_to_num(math.inf)
     best = int(distance.argmin())
-    latent = torch.zeros(run.layout.dim, dtype=torch.bool, device=run.ridge_focus.device)
-    for site in run.layout.latent_sites:
-        latent[site.offset : site.offset + site.size] = True
-    coordinates = latent.nonzero().squeeze(1)
+    coordinates = run.latent_mask.nonzero().squeeze(1)  # ridge moves imply the cycle's masks
     jacobian = ridge.central_jacobian(
         run.simulator, run.state.u[best], coordinates, RIDGE_DIFFERENCE_STEP, config.batch_size
     )
@@ -1022,8 +1019,9 @@ def warmup(run: AbcRun, n_steps: int | None = None) -> AbcRun:
         raise ValueError(f"warmup: asked for {n_steps} steps, but {remaining} remain")
     anneal_steps = math.ceil(config.anneal_fraction * config.warmup)
     precondition = _preconditions(run)
-    refits = set(reference_fit_steps(config.warmup)) if precondition else set()
-    ridge_refits = set(reference_fit_steps(config.warmup)) if run.ridge_focus is not None else set()
+    fit_steps = set(reference_fit_steps(config.warmup))
+    refits = fit_steps if precondition else set()
+    ridge_refits = fit_steps if run.ridge_focus is not None else set()
     start = time.perf_counter()
     simulate_before = run.simulator.seconds
     with _engine_threads(run):
