@@ -42,6 +42,8 @@ import torch
 import probgraphics as pg
 from probgraphics.api import prepare_abc
 from probgraphics.config import set_num_threads
+from probgraphics.inference.kernels import ridge
+from probgraphics.inference.simulator import Simulation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import format_table, machine, write_json  # noqa: E402
@@ -87,10 +89,13 @@ def central_jacobian(
     step: float,
 ) -> torch.Tensor:
     """``(P, k)`` central-difference Jacobian of ``render`` at ``u`` ``(D,)`` along the ``k``
-    whitened ``coordinates`` (long indices), with step ``step``: ``2 k`` renders."""
-    shifts = torch.zeros(len(coordinates), u.numel(), dtype=u.dtype)
-    shifts[torch.arange(len(coordinates)), coordinates] = step
-    return ((render(u + shifts) - render(u - shifts)) / (2 * step)).T
+    whitened ``coordinates`` (long indices), with step ``step``: ``2 k`` renders (the engine's
+    :func:`~probgraphics.inference.kernels.ridge.central_jacobian`, on the render alone)."""
+
+    def simulate(points: torch.Tensor) -> Simulation:
+        return Simulation(points, render(points), points.new_zeros(len(points)))
+
+    return ridge.central_jacobian(simulate, u, coordinates, step, batch_size=2 * len(coordinates))
 
 
 def fit_others(
